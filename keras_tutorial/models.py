@@ -1,0 +1,96 @@
+"""Keras functional models for the tutorial's three architectures: MLP, CNN and LSTM.
+
+Every builder takes raw uint8 images [batch,28,28,1], rescales them to [0,1] inside the model
+(so an exported model takes raw pixels) and returns float32 logits [batch,10].
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from keras_tutorial.data import IMAGE_SHAPE, NUM_CLASSES
+from keras_tutorial.errors import UserError
+
+MODELS = ("mlp", "cnn", "lstm")
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+POOLINGS = ("max", "average")
+
+
+class ModelError(UserError):
+    """A model setting that cannot be built; the message is one line meant for the user."""
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ModelError(f"unknown {what} '{value}', expected one of {', '.join(choices)}")
+
+
+def _image_input() -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """The raw-pixel input and the same images rescaled to [0, 1]."""
+    images = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="images")
+    return images, layers.Rescaling(1.0 / 255, name="rescale")(images)
+
+
+def _logits(x: keras.KerasTensor) -> keras.KerasTensor:
+    # float32 even under a mixed-precision policy, so that the softmax and loss stay stable.
+    return layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)
+
+
+def mlp(hidden_units: tuple[int, ...] = (256,), activation: str = "relu",
+        dropout: float = 0.0) -> keras.Model:
+    """The tutorial's network: 784 pixels -> 256 ReLU units -> 10 logits, by default."""
+    _check_choice("activation", activation, ACTIVATIONS)
+    images, x = _image_input()
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(hidden_units):
+        x = layers.Dense(units, activation=activation, name=f"hidden_{i}")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    return keras.Model(images, _logits(x), name="mlp")
+
+
+def cnn(filters: tuple[int, ...] = (32, 64), kernel_size: int = 3, pooling: str = "max",
+        activation: str = "relu", dense_units: int = 128, dropout: float = 0.5,
+        batch_norm: bool = False) -> keras.Model:
+    """Conv/pool blocks, then a dense layer with dropout: a small convnet that is strong on MNIST."""
+    _check_choice("activation", activation, ACTIVATIONS)
+    _check_choice("pooling", pooling, POOLINGS)
+    pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D
+    images, x = _image_input()
+    for i, width in enumerate(filters):
+        x = layers.Conv2D(width, kernel_size, padding="same", use_bias=not batch_norm,
+                          name=f"conv_{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"batch_norm_{i}")(x)
+        x = layers.Activation(activation, name=f"{activation}_{i}")(x)
+        x = pool(2, name=f"pool_{i}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(dropout, name="dropout_features")(x)
+    x = layers.Dense(dense_units, activation=activation, name="dense")(x)
+    x = layers.Dropout(dropout, name="dropout_dense")(x)
+    return keras.Model(images, _logits(x), name="cnn")
+
+
+def lstm(units: int = 128, dense_units: int = 0) -> keras.Model:
+    """Reads each image as 28 time steps of 28 pixels; the last hidden state is classified.
+
+    The LSTM keeps Keras's default activations, no recurrent dropout and no unrolling: the
+    conditions under which Keras runs it with the fused cuDNN kernel on a GPU.
+    """
+    images, x = _image_input()
+    x = layers.Reshape(IMAGE_SHAPE[:2], name="rows_as_steps")(x)
+    x = layers.LSTM(units, name="lstm")(x)
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu", name="dense")(x)
+    return keras.Model(images, _logits(x), name="lstm")
+
+
+def build(name: str, activation: str = "relu", pooling: str = "max") -> keras.Model:
+    """Builds a model by name with its default shape; the tutorial's knobs where they apply."""
+    _check_choice("model", name, MODELS)
+    if name == "mlp":
+        return mlp(activation=activation)
+    if name == "cnn":
+        return cnn(activation=activation, pooling=pooling)
+    return lstm()
