@@ -162,10 +162,14 @@ def load_npz(path: str) -> Arrays:
     """Reads a Keras-style `mnist.npz` (x_train, y_train, x_test, y_test)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in IDX_FILES if key not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing array '{missing[0]}' "
+                                f"(expected {', '.join(IDX_FILES)})")
             raw = {key: npz[key] for key in IDX_FILES}
-    except KeyError as e:
-        raise DataError(f"{path}: missing array {e} (expected {', '.join(IDX_FILES)})") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     x_train, y_train = _checked(raw["x_train"], raw["y_train"], f"{path}:x_train", f"{path}:y_train")
     x_test, y_test = _checked(raw["x_test"], raw["y_test"], f"{path}:x_test", f"{path}:y_test")
@@ -222,8 +226,10 @@ def load_tfds(name: str, data_dir: str | None) -> Arrays:
         builder.download_and_prepare()
     splits = {}
     for split in ("train", "test"):
-        images, labels = tfds.as_numpy(
-            builder.as_dataset(split=split, as_supervised=True, batch_size=-1))
+        batches = list(tfds.as_numpy(
+            builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
+        images = np.concatenate([images for images, _ in batches])
+        labels = np.concatenate([labels for _, labels in batches])
         splits[split] = _checked(images, labels, f"{name}[{split}] images", f"{name}[{split}] labels")
     return Arrays(*splits["train"], *splits["test"], source=f"TFDS {name} in {builder.data_dir}")
 

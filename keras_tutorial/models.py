@@ -59,7 +59,7 @@ def cnn(filters: tuple[int, ...] = (32, 64), kernel_size: int = 3, pooling: str 
     pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D
     images, x = _image_input()
     for i, width in enumerate(filters):
-        x = layers.Conv2D(width, kernel_size, padding="same", use_bias=not batch_norm,
+        x = layers.Conv2D(width, kernel_size, use_bias=not batch_norm,
                           name=f"conv_{i}")(x)
         if batch_norm:
             x = layers.BatchNormalization(name=f"batch_norm_{i}")(x)

@@ -1,0 +1,51 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_tutorial import models
+
+# 784*256 + 256 + 256*10 + 10: the tutorial's network, weight for weight.
+TUTORIAL_MLP_PARAMS = 203_530
+# LSTM: 4 gates * (28 inputs + 128 state + 1 bias) * 128 units, then 128*10 + 10 logits.
+LSTM_PARAMS = 4 * (28 + 128 + 1) * 128 + 1_290
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_raw_pixels_in_logits_out(name):
+    model = models.build(name)
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    logits = model.predict(images, verbose=0)
+    assert model.inputs[0].dtype == "uint8"
+    assert logits.shape == (5, 10) and logits.dtype == np.float32
+    assert np.all(np.isfinite(logits))
+
+
+def test_parameter_counts():
+    assert models.build("mlp").count_params() == TUTORIAL_MLP_PARAMS
+    assert models.build("lstm").count_params() == LSTM_PARAMS
+    assert models.mlp(hidden_units=(64, 32)).count_params() == 784 * 64 + 64 + 64 * 32 + 32 + 330
+
+
+def test_rescaling_is_inside_the_model():
+    model = models.build("mlp")
+    white = np.full((1, 28, 28, 1), 255, np.uint8)
+    rescaled = keras.Model(model.inputs, model.get_layer("rescale").output)(white)
+    np.testing.assert_allclose(np.asarray(rescaled), 1.0)
+
+
+def test_tutorial_knobs():
+    assert models.build("mlp", activation="sigmoid").get_layer("hidden_0").activation.__name__ \
+        == "sigmoid"
+    cnn = models.build("cnn", activation="tanh", pooling="average")
+    assert isinstance(cnn.get_layer("pool_0"), keras.layers.AveragePooling2D)
+    assert models.cnn(batch_norm=True).get_layer("batch_norm_0") is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "resnet"}, "unknown model 'resnet'"),
+    ({"name": "mlp", "activation": "gelu"}, "unknown activation 'gelu'"),
+    ({"name": "cnn", "pooling": "min"}, "unknown pooling 'min', expected one of max, average"),
+])
+def test_bad_choices_are_clear_errors(kwargs, message):
+    with pytest.raises(models.ModelError, match=message):
+        models.build(**kwargs)
