@@ -99,6 +99,17 @@ def make_optimizer(name: str, learning_rate: float, decay_steps: int) -> keras.o
     return keras.optimizers.SGD(schedule, momentum=0.9)
 
 
+def build_compiled_model(config: TrainConfig, steps_per_epoch: int) -> keras.Model:
+    """The model of a resolved `config`, compiled as training uses it (call in a strategy scope)."""
+    model = models.build(config.model, activation=config.activation, pooling=config.pooling)
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate,
+                                 config.epochs * steps_per_epoch),
+        loss=make_loss(config.loss),
+        metrics=["accuracy"])
+    return model
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Times the training part of each epoch (validation excluded) without per-batch hooks."""
 
@@ -140,12 +151,7 @@ def run(config: TrainConfig) -> dict:
     strategy = tf.distribute.get_strategy()
     steps_per_epoch = math.ceil(pipelines.num_train / config.batch_size)
     with strategy.scope():
-        model = models.build(config.model, activation=config.activation, pooling=config.pooling)
-        model.compile(
-            optimizer=make_optimizer(config.optimizer, config.learning_rate,
-                                     config.epochs * steps_per_epoch),
-            loss=make_loss(config.loss),
-            metrics=["accuracy"])
+        model = build_compiled_model(config, steps_per_epoch)
     logging.info("Model %s: %d parameters; %d epochs of %d steps, batch %d, %s at %g",
                  config.model, model.count_params(), config.epochs, steps_per_epoch,
                  config.batch_size, config.optimizer, config.learning_rate)
