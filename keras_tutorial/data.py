@@ -65,7 +65,11 @@ class Arrays:
 
 @dataclasses.dataclass(frozen=True)
 class Pipelines:
-    """Batched train / validation / test pipelines and the example counts behind them."""
+    """Batched train / validation / test pipelines and the example counts behind them.
+
+    `train` reshuffles itself every time it is iterated, for Keras `fit`; `epoch()` gives one
+    epoch whose order depends only on (seed, epoch), for a loop that must resume exactly.
+    """
 
     train: tf.data.Dataset
     validation: tf.data.Dataset | None
@@ -73,6 +77,27 @@ class Pipelines:
     num_train: int
     num_validation: int
     num_test: int
+    train_images: tf.Tensor
+    train_labels: tf.Tensor
+
+    def epoch(self, batch_size: int, seed: int, epoch: int, num_shards: int = 1,
+              shard_index: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
+        """One epoch of full batches: the whole split permuted by (seed, epoch), cut into
+        `num_shards` equal disjoint shards (one per worker), resumable after `skip_batches`.
+
+        Batches are gathered from the in-memory split in one vectorised op each, so the
+        pipeline does no per-example work.
+        """
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(self.num_train, dtype=tf.int64), seed=[seed, epoch])
+        shard_size = self.num_train // num_shards
+        shard = order[shard_index::num_shards][:shard_size]
+        num_batches = shard_size // batch_size
+        batches = tf.reshape(shard[:num_batches * batch_size], [num_batches, batch_size])
+        images, labels = self.train_images, self.train_labels
+        return (tf.data.Dataset.from_tensor_slices(batches[skip_batches:])
+                .map(lambda indices: (tf.gather(images, indices), tf.gather(labels, indices)))
+                .prefetch(tf.data.AUTOTUNE))
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -288,4 +313,5 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
         train=train,
         validation=evaluation(x_val, y_val) if validation_size else None,
         test=evaluation(arrays.x_test, arrays.y_test),
-        num_train=len(x_train), num_validation=validation_size, num_test=len(arrays.x_test))
+        num_train=len(x_train), num_validation=validation_size, num_test=len(arrays.x_test),
+        train_images=tf.constant(x_train), train_labels=tf.constant(y_train))

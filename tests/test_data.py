@@ -198,3 +198,25 @@ def test_pipelines_split_shuffle_and_keep_last_batch(small_arrays):
 def test_validation_larger_than_train_is_an_error(small_arrays):
     with pytest.raises(data.DataError, match="validation size 600"):
         data.make_pipelines(small_arrays, batch_size=32, seed=0, validation_size=600)
+
+
+def test_epochs_depend_only_on_seed_and_epoch_and_resume_exactly(small_arrays):
+    pipelines = data.make_pipelines(small_arrays, batch_size=50, seed=0, validation_size=100)
+    first = _labels(pipelines.epoch(50, seed=3, epoch=0))
+    assert len(first) == 500
+    np.testing.assert_array_equal(_labels(pipelines.epoch(50, seed=3, epoch=0)), first)
+    assert not np.array_equal(_labels(pipelines.epoch(50, seed=3, epoch=1)), first)
+    np.testing.assert_array_equal(
+        _labels(pipelines.epoch(50, seed=3, epoch=0, skip_batches=4)), first[200:])
+
+
+def test_worker_shards_are_disjoint_and_equal(small_arrays):
+    pipelines = data.make_pipelines(small_arrays, batch_size=32, seed=0, validation_size=100)
+
+    def pixels(shard_index):
+        return {images.tobytes() for batch, _ in pipelines.epoch(
+            25, seed=1, epoch=2, num_shards=2, shard_index=shard_index) for images in batch.numpy()}
+
+    shard_0, shard_1 = pixels(0), pixels(1)
+    assert len(shard_0) == len(shard_1) == 250  # 500 examples, 2 workers, 10 batches of 25 each.
+    assert not shard_0 & shard_1
