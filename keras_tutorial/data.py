@@ -80,19 +80,23 @@ class Pipelines:
     train_images: tf.Tensor
     train_labels: tf.Tensor
 
+    def shard_order(self, seed: int, epoch: int, num_shards: int = 1,
+                    shard_index: int = 0) -> tf.Tensor:
+        """The training indices one shard reads in one epoch: the whole split permuted by
+        (seed, epoch), cut into `num_shards` equal, disjoint shards (one per worker)."""
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(self.num_train, dtype=tf.int64), seed=[seed, epoch])
+        return order[shard_index::num_shards][:self.num_train // num_shards]
+
     def epoch(self, batch_size: int, seed: int, epoch: int, num_shards: int = 1,
               shard_index: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
-        """One epoch of full batches: the whole split permuted by (seed, epoch), cut into
-        `num_shards` equal disjoint shards (one per worker), resumable after `skip_batches`.
+        """One epoch of a shard in full batches, resumable after `skip_batches`.
 
         Batches are gathered from the in-memory split in one vectorised op each, so the
         pipeline does no per-example work.
         """
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(self.num_train, dtype=tf.int64), seed=[seed, epoch])
-        shard_size = self.num_train // num_shards
-        shard = order[shard_index::num_shards][:shard_size]
-        num_batches = shard_size // batch_size
+        shard = self.shard_order(seed, epoch, num_shards, shard_index)
+        num_batches = len(shard) // batch_size
         batches = tf.reshape(shard[:num_batches * batch_size], [num_batches, batch_size])
         images, labels = self.train_images, self.train_labels
         return (tf.data.Dataset.from_tensor_slices(batches[skip_batches:])

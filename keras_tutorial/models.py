@@ -66,9 +66,8 @@ def cnn(filters: tuple[int, ...] = (32, 64), kernel_size: int = 3, pooling: str 
         x = layers.Activation(activation, name=f"{activation}_{i}")(x)
         x = pool(2, name=f"pool_{i}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dropout(dropout, name="dropout_features")(x)
     x = layers.Dense(dense_units, activation=activation, name="dense")(x)
-    x = layers.Dropout(dropout, name="dropout_dense")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(images, _logits(x), name="cnn")
 
 
@@ -86,11 +85,12 @@ def lstm(units: int = 128, dense_units: int = 0) -> keras.Model:
     return keras.Model(images, _logits(x), name="lstm")
 
 
-def build(name: str, activation: str = "relu", pooling: str = "max") -> keras.Model:
+def build(name: str, activation: str = "relu", pooling: str = "max",
+          batch_norm: bool = False) -> keras.Model:
     """Builds a model by name with its default shape; the tutorial's knobs where they apply."""
     _check_choice("model", name, MODELS)
     if name == "mlp":
         return mlp(activation=activation)
     if name == "cnn":
-        return cnn(activation=activation, pooling=pooling)
+        return cnn(activation=activation, pooling=pooling, batch_norm=batch_norm)
     return lstm()

@@ -1,0 +1,237 @@
+"""One training loop for every tf.distribute strategy, backed up so that a killed run resumes.
+
+Keras 3.15's `fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and its
+BackupAndRestore replays the first epochs' shuffles and restarts an epoch from batch 0. Here
+everything a step depends on (data order, learning rate, dropout state) follows from the seed
+and the checkpointed step counter, so the resumed run is the run that was interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_tutorial.data import Pipelines
+from keras_tutorial.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How to train: sizes, seeds, backups, and where this process stands in the cluster."""
+
+    epochs: int
+    global_batch_size: int
+    seed: int
+    backup_dir: str
+    steps_per_execution: int = 1
+    backup_every_steps: int = 0
+    jit_compile: bool = False
+    num_workers: int = 1
+    task_index: int = 0
+    verbose: bool = True
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    """What one epoch achieved; `seconds` covers this process's steps of it (not validation)."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    steps: int
+    seconds: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+
+def write_json(path: str, content) -> None:
+    """Writes JSON atomically, so a reader (or a resumed run) never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def steps_per_epoch(num_train: int, global_batch_size: int, num_workers: int) -> int:
+    """Full global batches per epoch when each worker reads an equal shard."""
+    return (num_train // num_workers) // (global_batch_size // num_workers)
+
+
+class Trainer:
+    """Trains `model` under `strategy`, checkpointing to `config.backup_dir`.
+
+    Create the model and call `make_optimizer` inside `strategy.scope()` before this: the
+    optimizer is built here, in the scope, as Keras 3 needs under distribution
+    (keras-team/keras#23085).
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer,
+                 loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+                 pipelines: Pipelines, config: LoopConfig):
+        replicas = strategy.num_replicas_in_sync
+        if config.global_batch_size < replicas or config.global_batch_size % replicas:
+            raise UserError(f"batch size {config.global_batch_size} must be a multiple of the "
+                            f"{replicas} replicas (it is the global batch, split among them)")
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        self.loss_fn, self.pipelines, self.config = loss_fn, pipelines, config
+        self.per_replica_batch_size = config.global_batch_size // replicas
+        self.local_replicas = replicas // config.num_workers
+        self.steps_per_epoch = steps_per_epoch(pipelines.num_train, config.global_batch_size,
+                                               config.num_workers)
+        if self.steps_per_epoch < 1:
+            raise UserError(f"batch size {config.global_batch_size} is larger than the "
+                            f"{pipelines.num_train} training examples")
+        self.total_steps = config.epochs * self.steps_per_epoch
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model_variables=model.variables,
+                                         optimizer_variables=optimizer.variables)
+        # Every worker saves (the save is collective); only the chief's copy is kept.
+        self._write_dir = config.backup_dir if config.task_index == 0 else os.path.join(
+            config.backup_dir, f".worker-{config.task_index}")
+        self._checkpoint = checkpoint
+        self._manager = tf.train.CheckpointManager(checkpoint, self._write_dir, max_to_keep=2)
+        self._gradients = (tf.function(self._compute_gradients, jit_compile=True)
+                           if config.jit_compile else self._compute_gradients)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def restore(self) -> int:
+        """Restores the newest backup in `backup_dir`, if any; returns the global step."""
+        latest = tf.train.latest_checkpoint(self.config.backup_dir)
+        if latest:
+            self._checkpoint.restore(latest).assert_existing_objects_matched()
+        return self.step
+
+    def backup(self) -> None:
+        self._manager.save(checkpoint_number=self.step)
+        if self.config.task_index != 0:
+            shutil.rmtree(self._write_dir, ignore_errors=True)
+
+    def _compute_gradients(self, images, labels):
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            loss = tf.nn.compute_average_loss(
+                self.loss_fn(labels, logits), global_batch_size=self.config.global_batch_size)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
+        correct = tf.reduce_sum(tf.cast(
+            tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels), tf.float32))
+        return loss, correct, gradients
+
+    def _replica_step(self, images, labels):
+        loss, correct, gradients = self._gradients(images, labels)
+        # apply_gradients all-reduces the gradients across replicas and workers.
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return loss, correct
+
+    @tf.function
+    def _train_steps(self, iterator, num_steps):
+        loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            loss, correct = self.strategy.run(self._replica_step, args=next(iterator))
+            loss_sum += self.strategy.reduce("SUM", loss, axis=None)
+            correct_sum += self.strategy.reduce("SUM", correct, axis=None)
+        return loss_sum, correct_sum
+
+    @tf.function
+    def _evaluate_batch(self, images, labels):
+        logits = self.model(images, training=False)
+        correct = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
+        return (tf.reduce_sum(self.loss_fn(labels, logits)),
+                tf.reduce_sum(tf.cast(correct, tf.float32)), tf.shape(labels)[0])
+
+    def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float]:
+        """Mean loss and accuracy over every example of `dataset`, partial last batch included.
+
+        Each worker evaluates the whole split locally: the weights are identical everywhere, so
+        no collective op is needed and no worker waits on another.
+        """
+        loss_sum = correct_sum = count = 0.0
+        for images, labels in dataset:
+            batch_loss, batch_correct, batch_count = self._evaluate_batch(images, labels)
+            loss_sum += float(batch_loss)
+            correct_sum += float(batch_correct)
+            count += int(batch_count)
+        return loss_sum / count, correct_sum / count
+
+    def _epoch_iterator(self, epoch: int, skip_steps: int):
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return self.pipelines.epoch(
+                context.get_per_replica_batch_size(self.config.global_batch_size),
+                self.config.seed, epoch, context.num_input_pipelines, context.input_pipeline_id,
+                skip_batches=skip_steps * self.local_replicas)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def _chunks(self, first_step: int):
+        """Yields step counts that end on every backup point and at the end of the epoch."""
+        epoch_end = (first_step // self.steps_per_epoch + 1) * self.steps_per_epoch
+        every = self.config.backup_every_steps
+        step = first_step
+        while step < epoch_end:
+            end = min(epoch_end, step + self.config.steps_per_execution)
+            if every:
+                end = min(end, (step // every + 1) * every)
+            yield end - step, end % every == 0 if every else False
+            step = end
+
+    def train(self, on_epoch_end: Callable[[EpochRecord], None]) -> list[EpochRecord]:
+        """Runs the remaining epochs; returns the records of the epochs finished here."""
+        records = []
+        while self.step < self.total_steps:
+            epoch, done = divmod(self.step, self.steps_per_epoch)
+            iterator = self._epoch_iterator(epoch, skip_steps=done)
+            progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=[
+                "loss", "accuracy"], verbose=1 if self.config.verbose else 0)
+            if self.config.verbose:
+                print(f"Epoch {epoch + 1}/{self.config.epochs}", flush=True)
+            loss_sum = correct_sum = 0.0
+            started = time.perf_counter()
+            for num_steps, backup_now in self._chunks(self.step):
+                loss, correct = self._train_steps(iterator, tf.constant(num_steps))
+                loss_sum += float(loss)
+                correct_sum += float(correct)
+                steps_here = self.step - epoch * self.steps_per_epoch - done
+                progress.update(done + steps_here, [
+                    ("loss", loss_sum / steps_here),
+                    ("accuracy", correct_sum / (steps_here * self.config.global_batch_size))])
+                if backup_now:
+                    self.backup()
+            seconds = time.perf_counter() - started
+            steps_here = self.steps_per_epoch - done
+            record = EpochRecord(epoch=epoch + 1, loss=loss_sum / steps_here,
+                                 accuracy=correct_sum / (steps_here * self.config.global_batch_size),
+                                 steps=steps_here, seconds=seconds)
+            if self.pipelines.validation is not None:
+                record.val_loss, record.val_accuracy = self.evaluate(self.pipelines.validation)
+            self.backup()
+            records.append(record)
+            on_epoch_end(record)
+        return records
+
+    def examples_digest(self, epoch: int) -> str:
+        """A fingerprint of the examples this worker reads in `epoch` (workers differ)."""
+        indices = np.sort(self.pipelines.shard_order(
+            self.config.seed, epoch, self.config.num_workers, self.config.task_index).numpy())
+        return hashlib.sha256(indices.tobytes()).hexdigest()[:16]
+
+    def weights_digest(self) -> str:
+        """A fingerprint of every weight, to show that two runs or two workers ended equal."""
+        digest = hashlib.sha256()
+        for variable in self.model.weights:
+            digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,113 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tensorflow as tf
+
+from keras_tutorial import distribute
+from keras_tutorial.errors import UserError
+
+
+@pytest.mark.parametrize("requested, workers, gpus, tpu, expected", [
+    ("auto", 1, 0, False, "default"),
+    ("auto", 1, 1, False, "one_device"),
+    ("auto", 1, 4, False, "mirrored"),
+    ("auto", 1, 0, True, "tpu"),
+    ("auto", 3, 8, True, "multi_worker"),
+    ("mirrored", 1, 0, False, "mirrored"),
+])
+def test_auto_strategy_follows_the_hardware(requested, workers, gpus, tpu, expected):
+    assert distribute.choose_strategy_name(requested, workers, gpus, tpu) == expected
+
+
+@pytest.mark.parametrize("requested, kind, capability, expected", [
+    ("auto", "cpu", None, "float32"),
+    ("auto", "gpu", (7, 5), "mixed_float16"),
+    ("auto", "gpu", (9, 0), "mixed_bfloat16"),
+    ("auto", "tpu", None, "mixed_bfloat16"),
+    ("mixed_float16", "cpu", None, "mixed_float16"),
+])
+def test_precision_resolves_as_documented(requested, kind, capability, expected):
+    assert distribute.choose_precision(requested, kind, capability) == expected
+
+
+def test_jit_resolves_as_measured_on_cpu():
+    for model in ("mlp", "cnn", "lstm"):
+        assert distribute.choose_jit("auto", model, "cpu") is distribute.JIT_WHEN_AUTO["cpu"][model]
+        assert distribute.choose_jit("true", model, "cpu") is True
+        assert distribute.choose_jit("false", model, "gpu") is False
+    assert distribute.choose_jit("auto", "lstm", "gpu") is False  # Keeps the cuDNN kernel.
+
+
+def test_tf_config_is_read_or_rejected_in_one_line():
+    assert distribute.read_cluster(None) == distribute.Cluster(1, 0)
+    two = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    cluster = distribute.read_cluster(json.dumps(two))
+    assert (cluster.num_workers, cluster.task_index, cluster.is_chief) == (2, 1, False)
+    for bad, message in [("{not json", "TF_CONFIG is malformed"),
+                         ('{"cluster": {}}', "TF_CONFIG is malformed"),
+                         (json.dumps({**two, "task": {"type": "worker", "index": 2}}),
+                          "task worker:2 is not one of the 2 workers")]:
+        with pytest.raises(UserError, match=message) as excinfo:
+            distribute.read_cluster(bad)
+        assert "\n" not in str(excinfo.value)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from keras_tutorial import data, distribute, loop, models, train
+    distribute.split_cpu(2)
+    strategy = distribute.make_strategy("mirrored", distribute.Cluster())
+    pipelines = data.make_pipelines(data.synthetic_arrays(1400, 100, seed=0), 32, 0, 200)
+    with strategy.scope():
+        model = models.build("mlp")
+        optimizer = train.make_optimizer("adam", 1e-3, 200)
+    trainer = loop.Trainer(strategy, model, optimizer, train.make_loss("cross_entropy"), pipelines,
+                           loop.LoopConfig(epochs=3, global_batch_size=32, seed=0,
+                                           backup_dir=sys.argv[1], verbose=False))
+    images, labels = next(trainer._epoch_iterator(epoch=0, skip_steps=0))
+    replica_batches = [t.shape[0] for t in strategy.experimental_local_results(images)]
+    records = trainer.train(lambda record: None)
+    copies = [strategy.experimental_local_results(v.value) for v in model.trainable_variables]
+    identical = all(len(c) == 2 and np.array_equal(c[0].numpy(), c[1].numpy()) for c in copies)
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "batches": replica_batches,
+                      "losses": [r.loss for r in records], "identical": identical,
+                      "accuracy": trainer.evaluate(pipelines.test)[1]}))
+""")
+
+
+def test_mirrored_over_two_cpu_replicas(tmp_path):
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["batches"] == [16, 16]  # The global batch of 32, split.
+    assert report["losses"][-1] < report["losses"][0]
+    assert report["identical"]
+    assert report["accuracy"] > 0.6
+
+
+def _train_cli(*flags, env=None):
+    return subprocess.run([sys.executable, "-m", "keras_tutorial.train", "--dataset=synthetic",
+                           "--max_examples=600", "--validation_size=100", "--epochs=1",
+                           "--noexport", *flags], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is present")
+@pytest.mark.parametrize("flags, env, message", [
+    (["--strategy=one_device"], None, "error: --strategy=one_device needs a GPU"),
+    (["--cpu_replicas=0"], None, "flag --cpu_replicas=0: 0 is not a positive integer"),
+    ([], {"TF_CONFIG": "{oops"}, "error: TF_CONFIG is malformed"),
+    (["--strategy=mirrored", "--cpu_replicas=2", "--batch_size=1"], None,
+     "error: batch size 1 must be a multiple of the 2 replicas"),
+])
+def test_bad_combinations_are_one_line_errors(tmp_path, flags, env, message):
+    result = _train_cli(f"--workdir={tmp_path}", *flags, env=env)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
