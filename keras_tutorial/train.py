@@ -368,6 +368,7 @@ flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into 
                      "(default: the model's own).", lower_bound=1)
 flags.DEFINE_integer("backup_every_steps", 0, "Also back up training state every this many "
                      "steps (0: only at the end of each epoch).", lower_bound=0)
+flags.DEFINE_bool("verbose", True, "Show a progress bar during each epoch.")
 flags.DEFINE_bool("deterministic", False, "Deterministic ops: a run killed and resumed ends "
                   "with weights bit-identical to an uninterrupted one (slower).")
 
