@@ -1,0 +1,174 @@
+"""The notebooks run top to bottom in quick mode, draw their figures, and are stored clean.
+
+Each notebook is executed with nbclient in a kernel of the Python running the tests (a
+kernelspec written to a temporary directory points at `sys.executable`), so it sees the same
+installed package. Two cells are added around the notebook while it runs, never stored: the
+first records every figure the notebook displays and checks that it has a title and labelled
+axes, the last reports what was recorded.
+"""
+
+import glob
+import json
+import os
+import re
+import sys
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "notebooks")
+NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]_*.ipynb")))
+KERNEL_NAME = "keras-tutorial-tests"
+CELL_TIMEOUT_S = 600
+REPORT_MARKER = "FIGURE-REPORT:"
+DRAWS = re.compile(r"^(plt\.show\(\)|show_images\()", re.M)  # A top-level call that draws.
+
+# Wraps the canvas method that IPython's inline backend calls to render each displayed figure.
+FIGURE_CHECK = '''
+import matplotlib.backend_bases as _backend_bases
+
+_figure_report = {"figures": 0, "problems": []}
+_print_figure = _backend_bases.FigureCanvasBase.print_figure
+
+
+def _figure_problems(figure):
+    axes = [ax for ax in figure.axes if ax.get_visible()]
+    plots = [ax for ax in axes if getattr(ax, "_colorbar", None) is None]
+    problems = []
+    if not (figure.get_suptitle() or all(ax.get_title() for ax in plots)):
+        problems.append("no title")
+    for ax in plots:
+        if not (ax.get_xlabel() or figure.get_supxlabel()):
+            problems.append(f"axes {ax.get_title()!r} has no x label")
+        if not (ax.get_ylabel() or figure.get_supylabel()):
+            problems.append(f"axes {ax.get_title()!r} has no y label")
+    for ax in axes:
+        if ax not in plots and not (ax.get_ylabel() or ax.get_xlabel()):
+            problems.append("a colorbar has no label")
+    return problems
+
+
+def _checked_print_figure(self, *args, **kwargs):
+    _figure_report["figures"] += 1
+    title = self.figure.get_suptitle() or "untitled figure"
+    _figure_report["problems"] += [f"{title}: {p}" for p in _figure_problems(self.figure)]
+    return _print_figure(self, *args, **kwargs)
+
+
+_backend_bases.FigureCanvasBase.print_figure = _checked_print_figure
+'''
+
+FIGURE_REPORT = f'''
+import json as _json
+print("{REPORT_MARKER}" + _json.dumps(_figure_report))
+'''
+
+
+@pytest.fixture(scope="session")
+def kernel_spec_manager(tmp_path_factory):
+    """A kernelspec that starts a kernel with the interpreter running the tests."""
+    kernels = tmp_path_factory.mktemp("kernels")
+    os.makedirs(kernels / KERNEL_NAME)
+    with open(kernels / KERNEL_NAME / "kernel.json", "w") as f:
+        json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
+                            "{connection_file}"],
+                   "display_name": "keras-tutorial tests", "language": "python"}, f)
+    return KernelSpecManager(kernel_dirs=[str(kernels)])
+
+
+def _outputs(cell, output_type=None):
+    return [o for o in cell.get("outputs", []) if output_type in (None, o["output_type"])]
+
+
+def _text(cell):
+    return "".join(o.get("text", "") for o in _outputs(cell, "stream"))
+
+
+def test_figure_check_flags_missing_titles_and_labels():
+    """The check injected into the notebooks, run here on figures built for it."""
+    from matplotlib.figure import Figure
+
+    namespace = {}
+    exec(FIGURE_CHECK, namespace)
+    namespace["_backend_bases"].FigureCanvasBase.print_figure = namespace["_print_figure"]
+    problems = namespace["_figure_problems"]
+
+    good = Figure()
+    ax = good.add_subplot()
+    ax.plot([0, 1], [1, 0])
+    ax.set(title="a title", xlabel="x", ylabel="y")
+    good.colorbar(ax.imshow([[0, 1]]), label="value")
+    assert problems(good) == []
+
+    bad = Figure()
+    ax = bad.add_subplot()
+    ax.plot([0, 1], [1, 0])
+    ax.set_xlabel("x")
+    bad.colorbar(ax.imshow([[0, 1]]))
+    assert problems(bad) == ["no title", "axes '' has no y label", "a colorbar has no label"]
+
+
+def test_notebooks_are_numbered_in_reading_order():
+    numbers = [int(os.path.basename(path)[:2]) for path in NOTEBOOKS]
+    assert numbers == list(range(1, 6)), [os.path.basename(path) for path in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_is_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
+    assert nb.cells[0].cell_type == "markdown"  # Prose first.
+
+
+def test_readme_check_list_names_real_sections():
+    """Every row of the check list points to a notebook and a heading that exist."""
+    with open(os.path.join(NOTEBOOK_DIR, "README.md")) as f:
+        readme = f.read()
+    rows = re.findall(r"^\| *(?!concept|---)[^|]+\| *\[(\d\d)\]\([^)]*\) *\| *([^|]+?) *\|",
+                      readme, re.M)
+    assert len(rows) >= 15, "the check list is missing or has changed format"
+    headings = {}
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        headings[os.path.basename(path)[:2]] = [
+            line.lstrip("#").strip() for cell in nb.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if line.startswith("#")]
+    for number, heading in rows:
+        assert heading in headings[number], (number, heading)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs_in_quick_mode(path, kernel_spec_manager, monkeypatch):
+    monkeypatch.setenv("KERAS_TUTORIAL_QUICK", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # Let the kernel use its inline backend.
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(FIGURE_CHECK))
+    nb.cells.append(nbformat.v4.new_code_cell(FIGURE_REPORT))
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager)
+    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, startup_timeout=120,
+                            resources={"metadata": {"path": NOTEBOOK_DIR}})
+    client.execute()  # Raises CellExecutionError, with the cell and traceback, on any error.
+
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    data_lines = [line for cell in code_cells for line in _text(cell).splitlines()
+                  if line.startswith("Data: ")]
+    assert len(data_lines) == 1, "the notebook must say once which data it uses"
+
+    drawn = 0
+    for cell in code_cells:
+        images = [o for o in _outputs(cell) if "image/png" in o.get("data", {})]
+        drawn += len(images)
+        if DRAWS.search(cell.source):
+            assert images, f"this cell drew no figure:\n{cell.source[:300]}"
+    assert drawn >= 2, f"only {drawn} figures"
+
+    report = json.loads(_text(code_cells[-1]).split(REPORT_MARKER)[1])
+    assert report["figures"] == drawn
+    assert report["problems"] == []
