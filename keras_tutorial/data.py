@@ -289,6 +289,22 @@ def load_arrays(dataset: str, data_dir: str | None = None, max_examples: int = 0
     return arrays
 
 
+def load_first_available(candidates: list[tuple[str, str | None]], max_examples: int = 0,
+                         seed: int = 0) -> tuple[str, Arrays]:
+    """Loads the first (dataset, data_dir) that works, for notebooks that must run anywhere.
+
+    Returns the dataset's name with its arrays; the reason each earlier candidate failed is
+    printed. The last candidate's error, if it fails too, is raised.
+    """
+    for dataset, data_dir in candidates[:-1]:
+        try:
+            return dataset, load_arrays(dataset, data_dir, max_examples, seed)
+        except DataError as e:
+            print(f"({dataset} not available: {e})")
+    dataset, data_dir = candidates[-1]
+    return dataset, load_arrays(dataset, data_dir, max_examples, seed)
+
+
 def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
                    validation_size: int = 5000) -> Pipelines:
     """Builds the three pipelines; validation is the first `validation_size` training examples.

@@ -220,3 +220,12 @@ def test_worker_shards_are_disjoint_and_equal(small_arrays):
     shard_0, shard_1 = pixels(0), pixels(1)
     assert len(shard_0) == len(shard_1) == 250  # 500 examples, 2 workers, 10 batches of 25 each.
     assert not shard_0 & shard_1
+
+
+def test_first_available_source_falls_through_to_the_next(tmp_path, idx_dir, capsys):
+    name, arrays = data.load_first_available(
+        [("mnist", str(tmp_path / "missing")), ("fashion_mnist", idx_dir), ("synthetic", None)])
+    assert name == "fashion_mnist" and arrays.source == f"IDX files in {idx_dir}"
+    assert "(mnist not available: data directory" in capsys.readouterr().out
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_first_available([("kmnist", str(tmp_path / "missing"))])
