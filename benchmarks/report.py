@@ -1,0 +1,189 @@
+"""Renders benchmark results as markdown, between two markers in a README.
+
+Only the text between the markers is rewritten, so the prose around it (what the figures
+mean, what was concluded from them) survives a rerun.
+"""
+
+from __future__ import annotations
+
+import os
+
+BEGIN = "<!-- results:begin (written by python -m benchmarks.run) -->"
+END = "<!-- results:end -->"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _range(fig: dict) -> str:
+    if len(fig["repeats"]) < 2:
+        return "one run"
+    return f"{_rate(fig['min'])}–{_rate(fig['max'])} ({100 * fig['spread']:.0f}%)"
+
+
+def _figure_row(label: str, what: str, fig: dict) -> str:
+    return (f"| {label} | {what} | {_rate(fig['examples_per_sec'])} | {_range(fig)} | "
+            f"{_ratio(fig['vs_tf1'])} | {_share(fig['peak_fraction'])} |")
+
+
+def header(results: dict) -> list[str]:
+    """Where, when, how and how noisily the results were measured."""
+    machine, versions, noise = results["machine"], results["versions"], results["noise"]
+    tiny = ["**Tiny sizes (`--tiny`): these numbers only show that the runner works.**", ""]
+    return (tiny if results["settings"]["tiny"] else []) + [
+        f"Command: `{results['command']}` ({results['date']}).",
+        "",
+        f"Machine: {machine['cores']} cores, {machine['cpu_model']}, {machine['gpus']} GPUs, "
+        f"{machine['platform']}; process niceness {machine['niceness']}. Versions: Python "
+        f"{versions['python']}, TensorFlow {versions['tensorflow']}, Keras {versions['keras']}, "
+        f"NumPy {versions['numpy']}. Data: {results['settings']['data_source']}, batch "
+        f"{results['settings']['batch_size']}, {results['settings']['repeats']} timed repeats "
+        "per figure.",
+        "",
+        f"Noise: the relative spread (max - min) / median of a figure's repeats was "
+        f"{100 * noise['median_spread']:.0f}% at the median and {100 * noise['max_spread']:.0f}% "
+        f"at worst; the matmul peak at the end of the run was {noise['peak_end_vs_start']:.2f}x "
+        f"its value at the start, the TF1 baseline {noise['tf1_end_vs_start']:.2f}x; the load "
+        f"average was {noise['load_average_start']:.2f} at the start and "
+        f"{noise['load_average_end']:.2f} at the end (the machine is shared).",
+    ]
+
+
+def figures_table(results: dict) -> list[str]:
+    """Every headline figure: examples/s, noise, ratio to TF1, fraction of the peak."""
+    peak, baseline = results["peak"], results["baseline"]
+    lines = [
+        f"Matmul peak: **{peak['gflops']:.0f} GFLOP/s** float32 (median of "
+        f"{len(peak['repeats'])}, {peak['min']:.0f}–{peak['max']:.0f}). TF1 figures are the "
+        "baseline of the ratios; training rows compare with TF1 training, serving rows with "
+        "TF1 inference at the same batch size.",
+        "",
+        "| model | figure | examples/s (median) | min–max (spread) | vs TF1 | of peak |",
+        "|---|---|---:|---:|---:|---:|",
+        _figure_row("TF1 MLP", "training (feed_dict)", baseline["tf1_train"]),
+        _figure_row("TF1 MLP", "inference, batch 1", baseline["tf1_latency"]),
+        _figure_row("TF1 MLP", f"inference, batch {results['settings']['serving_batch']}",
+                    baseline["tf1_throughput"]),
+    ]
+    for name, model in results["models"].items():
+        latency_ms = model["serve_latency"]["latency_ms"]
+        lines += [
+            _figure_row(name, "training, steady epochs", model["train"]),
+            _figure_row(name, "training, first epoch", model["first_epoch"]),
+            _figure_row(name, "training on one repeated batch (no pipeline)",
+                        model["synthetic"]),
+            _figure_row(name, f"SavedModel, batch 1 ({latency_ms:.2f} ms)",
+                        model["serve_latency"]),
+            _figure_row(name, f"SavedModel, batch {results['settings']['serving_batch']}",
+                        model["serve_throughput"]),
+        ]
+    pipeline = results["pipeline"]
+    lines += [_figure_row("pipeline", "alone, steady passes", pipeline["train"]),
+              _figure_row("pipeline", "alone, first pass (fills the cache)",
+                          pipeline["first_pass"])]
+    return lines
+
+
+def targets_table(results: dict) -> list[str]:
+    lines = ["| target | measured | goal | met |", "|---|---:|---:|---|"]
+    for row in results["targets"]:
+        lines.append(f"| {row['target']} | {row['value']:.2f} | {row['comparison']} "
+                     f"{row['threshold']:g} | {'met' if row['met'] else '**not met**'} |")
+    return lines
+
+
+def first_epoch_table(results: dict) -> list[str]:
+    """Why the first epoch is slower: the cache filling, and tracing the train step."""
+    pipeline = results["pipeline"]
+    cache_fill = pipeline["examples_per_pass"] * (
+        1 / pipeline["first_pass"]["examples_per_sec"] - 1 / pipeline["train"]["examples_per_sec"])
+    lines = ["| model | first epoch | steady epoch | ratio | extra time of the first epoch | "
+             "of which: cache filling (pipeline alone) | tracing (first chunk on one "
+             "repeated batch) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, model in results["models"].items():
+        first = model["first_epoch"]
+        lines.append(f"| {name} | {first['seconds']:.2f} s | {first['steady_seconds']:.2f} s | "
+                     f"{first['vs_steady']:.2f}x | "
+                     f"{first['seconds'] - first['steady_seconds']:.2f} s | {cache_fill:.2f} s | "
+                     f"{model['synthetic_first_chunk_extra_seconds']:.2f} s |")
+    return lines
+
+
+def variants_table(results: dict) -> list[str]:
+    """Compile variants, each a steady rate over chunks of steps of the repeated pipeline."""
+    lines = ["| model | steps_per_execution | jit_compile | examples/s (median) | "
+             "min–max (spread) | vs TF1 | of peak | vs train.py's default |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, model in results["models"].items():
+        defaults = model["defaults"]
+        reference = [v["examples_per_sec"] for v in model["variants"]
+                     if v["steps_per_execution"] == defaults["steps_per_execution"]
+                     and v["jit_compile"] == defaults["jit_compile"]]
+        for v in model["variants"]:
+            relative = v["examples_per_sec"] / reference[0] if reference else None
+            lines.append(f"| {name} | {v['steps_per_execution']} | {v['jit_compile']} | "
+                         f"{_rate(v['examples_per_sec'])} | {_range(v)} | "
+                         f"{_ratio(v['vs_tf1'])} | {_share(v['peak_fraction'])} | "
+                         f"{_ratio(relative)} |")
+    return lines
+
+
+def pipeline_table(results: dict) -> list[str]:
+    pipeline = results["pipeline"]
+    rows = {"default (data.make_pipelines)": {"first_pass": pipeline["first_pass"],
+                                              "steady": pipeline["train"]},
+            **pipeline["alternatives"]}
+    lines = ["| training pipeline | first pass, examples/s | steady, examples/s "
+             "(min–max, spread) |", "|---|---:|---:|"]
+    for name, figs in rows.items():
+        lines.append(f"| {name} | {_rate(figs['first_pass']['examples_per_sec'])} | "
+                     f"{_rate(figs['steady']['examples_per_sec'])} ({_range(figs['steady'])}) |")
+    return lines
+
+
+def render(results: dict) -> str:
+    """The results section: header, figures, targets, first epoch, variants, pipelines."""
+    sections = [
+        header(results),
+        ["### Figures", ""] + figures_table(results),
+        ["### Targets of issue 6", ""] + targets_table(results),
+        ["### First epoch", "",
+         "Where the first epoch's extra time goes, estimated from two other measurements: the "
+         "pipeline's first pass against its later ones, and the first chunk of training on one "
+         "repeated batch (no pipeline) against later chunks.", ""]
+        + first_epoch_table(results),
+        ["### Compile variants", "",
+         "Each model as `train.build_compiled_model` makes it, then `steps_per_execution` and "
+         "`jit_compile` set before `fit`; steady examples/s over chunks of "
+         f"{results['settings']['chunk_steps']} steps of the training pipeline, repeated.", ""]
+        + variants_table(results),
+        ["### Input pipeline alternatives", "",
+         "Full passes over the training split, counted inside TensorFlow with "
+         "`Dataset.reduce`.", ""] + pipeline_table(results),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def update_readme(path: str, results: dict) -> None:
+    """Replaces the results section of `path` (appending one if there is none)."""
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    section = f"{BEGIN}\n{render(results)}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + section + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)

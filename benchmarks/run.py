@@ -1,0 +1,573 @@
+"""Measures the project's speed against the TF1 tutorial and the machine's limit, in one run.
+
+    python -m benchmarks.run            # full run: writes results.json and README.md here
+    python -m benchmarks.run --tiny --output=/tmp/results.json --readme=/tmp/README.md
+
+Sections: the float32 matmul peak and the TF1 baseline (bracketing the run: measured at the
+start and again at the end, then pooled); per model, training through `train.py`'s own
+compiled model and `data.py`'s pipeline (first epoch and steady epochs), training on one
+repeated batch (the model without the pipeline), compile variants (`steps_per_execution`,
+XLA) and serving from an exported SavedModel; the input pipeline alone, with alternatives.
+Every figure is a median of repeats with its spread, a ratio to the TF1 baseline and, where
+it does arithmetic, a fraction of the peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import flops, report
+from keras_tutorial import data, export, models, train
+from keras_tutorial.errors import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SERVING_BATCH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each measurement does."""
+
+    max_examples: int  # Training and test examples kept (0: all).
+    validation_size: int  # Held out of training, as train.py does.
+    matmul_size: int  # Square float32 matrices for the peak.
+    matmul_chain: int  # Matmuls per timed call of the peak.
+    repeats: int  # Timed repeats of every figure.
+    chunk_steps: int  # Steps per timed chunk for synthetic data and variants.
+    tf1_steps: int  # TF1 training steps per timed repeat.
+    tf1_warmup: int
+    latency_calls: int  # Batch-1 serving calls per timed repeat.
+    throughput_calls: int  # Batch-1024 serving calls per timed repeat.
+
+
+FULL = Sizes(max_examples=0, validation_size=5000, matmul_size=2048, matmul_chain=4,
+             repeats=3, chunk_steps=64, tf1_steps=430, tf1_warmup=50, latency_calls=100,
+             throughput_calls=5)
+TINY = Sizes(max_examples=640, validation_size=128, matmul_size=128, matmul_chain=2,
+             repeats=2, chunk_steps=2, tf1_steps=4, tf1_warmup=2, latency_calls=3,
+             throughput_calls=1)
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One run: the data, the models, the compile variants, the sizes and where results go."""
+
+    dataset: str
+    data_dir: str | None
+    models: tuple[str, ...]
+    batch_size: int
+    seed: int
+    variants: tuple[tuple[int, bool], ...]  # (steps_per_execution, jit_compile) pairs.
+    sizes: Sizes
+    output: str  # results.json
+    readme: str  # README.md whose results section is rewritten.
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        """Bad flags end the run with one line, not a usage dump."""
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _csv(kind: type) -> callable:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(item) for item in text.split(",") if item)
+        except (ValueError, KeyError):
+            raise argparse.ArgumentTypeError(f"invalid list '{text}'") from None
+    return parse
+
+
+def _bool(text: str) -> bool:
+    return {"true": True, "false": False}[text.lower()]
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """Reads the command line into `Settings`; a bad value is one line and exit status 2."""
+    parser = _Parser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion_mnist", choices=data.DATASETS)
+    parser.add_argument("--data_dir", help="IDX files or mnist.npz (see keras_tutorial/data.py;"
+                        f" default for fashion_mnist: {FASHION_MNIST_DIR})")
+    parser.add_argument("--models", type=_csv(str), default=models.MODELS,
+                        help="comma-separated models to measure (default: all)")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes: checks that everything runs, measures nothing")
+    parser.add_argument("--repeats", type=int, help="timed repeats per figure (default 3)")
+    parser.add_argument("--steps_per_execution", type=_csv(int), default=(1, 4, 16),
+                        help="compile variants to compare (empty: none)")
+    parser.add_argument("--jit_compile", type=_csv(_bool), default=(False, True),
+                        help="compile variants, crossed with --steps_per_execution")
+    parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--readme", default=os.path.join(HERE, "README.md"),
+                        help="markdown file whose results section is rewritten")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.models) - set(models.MODELS))
+    if unknown or not args.models:
+        parser.error(f"--models must name some of {','.join(models.MODELS)}, got "
+                     f"{','.join(unknown) or 'none'}")
+    for name in ("batch_size", "repeats"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if any(steps < 1 for steps in args.steps_per_execution):
+        parser.error("--steps_per_execution values must be positive integers")
+    sizes = TINY if args.tiny else FULL
+    if args.repeats:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
+    return Settings(
+        dataset=args.dataset, models=tuple(args.models),
+        data_dir=args.data_dir or (FASHION_MNIST_DIR if args.dataset == "fashion_mnist" else None),
+        batch_size=args.batch_size, seed=args.seed, sizes=sizes,
+        variants=tuple((k, j) for k in args.steps_per_execution for j in args.jit_compile),
+        output=args.output, readme=args.readme)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def stats(values: list[float]) -> dict:
+    """Median of repeats and how far the repeats strayed from it."""
+    median = statistics.median(values)
+    return {"median": median, "min": min(values), "max": max(values),
+            "spread": (max(values) - min(values)) / median, "repeats": values}
+
+
+def figure(rates: list[float], baseline: str | None, baselines: dict[str, float],
+           flops_per_example: int | None, peak_gflops: float) -> dict:
+    """Examples/s (median of repeats), as a ratio to a TF1 figure and a fraction of peak."""
+    s = stats(rates)
+    gflops = s["median"] * flops_per_example / 1e9 if flops_per_example else None
+    return {"examples_per_sec": s["median"], "min": s["min"], "max": s["max"],
+            "spread": s["spread"], "repeats": rates, "baseline": baseline,
+            "vs_tf1": s["median"] / baselines[baseline] if baseline else None,
+            "flops_per_example": flops_per_example, "gflops": gflops,
+            "peak_fraction": gflops / peak_gflops if gflops else None}
+
+
+# --- The machine's limit --------------------------------------------------------------------
+
+def matmul_peak(size: int, chain: int, repeats: int) -> list[float]:
+    """GFLOP/s of a chain of square float32 matmuls in one tf.function, `repeats` times."""
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((size, size), dtype=np.float32))
+    b = tf.constant(rng.standard_normal((size, size), dtype=np.float32) / math.sqrt(size))
+
+    @tf.function
+    def matmuls(a: tf.Tensor) -> tf.Tensor:
+        for _ in range(chain):
+            a = tf.matmul(a, b)
+        return tf.reduce_sum(a)
+
+    matmuls(a).numpy()
+    results = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmuls(a).numpy()
+        results.append(2 * size**3 * chain / (time.perf_counter() - start) / 1e9)
+    return results
+
+
+# --- The TF1 baseline -----------------------------------------------------------------------
+
+def tf1_baseline(settings: Settings) -> dict[str, list[float]]:
+    """Examples/s of the TF1 replica, run in a subprocess (graph mode is process-global)."""
+    sizes = settings.sizes
+    command = [
+        sys.executable, "-m", "benchmarks.tf1_baseline", f"--dataset={settings.dataset}",
+        f"--max_examples={sizes.max_examples}", f"--validation_size={sizes.validation_size}",
+        f"--seed={settings.seed}", f"--batch_size={settings.batch_size}",
+        f"--steps={sizes.tf1_steps}", f"--warmup={sizes.tf1_warmup}",
+        f"--latency_calls={sizes.latency_calls}", f"--throughput_calls={sizes.throughput_calls}",
+        f"--throughput_batch={SERVING_BATCH}", f"--repeats={sizes.repeats}"]
+    if settings.data_dir:
+        command.append(f"--data_dir={os.path.abspath(settings.data_dir)}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"TF1 baseline failed: {result.stderr.strip().splitlines()[-1:]}")
+    seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        "tf1_train": [sizes.tf1_steps * settings.batch_size / s
+                      for s in seconds["train_seconds"]],
+        "tf1_latency": [sizes.latency_calls / s for s in seconds["latency_seconds"]],
+        "tf1_throughput": [sizes.throughput_calls * SERVING_BATCH / s
+                           for s in seconds["throughput_seconds"]],
+    }
+
+
+# --- Training through the project's own code -------------------------------------------------
+
+def train_config(name: str, settings: Settings) -> train.TrainConfig:
+    """train.py's configuration of `name` with today's defaults."""
+    return train.TrainConfig(model=name, dataset=settings.dataset,
+                             batch_size=settings.batch_size, seed=settings.seed).resolved()
+
+
+def compiled_model(name: str, settings: Settings, steps_per_epoch: int) -> keras.Model:
+    """The model exactly as `train.build_compiled_model` compiles it for `fit`."""
+    keras.utils.set_random_seed(settings.seed)
+    return train.build_compiled_model(train_config(name, settings), steps_per_epoch)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch of `fit` (no validation runs here), without per-batch hooks."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, epochs: int,
+                  steps_per_epoch: int | None = None) -> list[float]:
+    """Seconds of each epoch of `fit`."""
+    timer = EpochTimer()
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False,
+              verbose=0, callbacks=[timer])
+    return timer.seconds
+
+
+def train_on_pipeline(model: keras.Model, pipelines: data.Pipelines, repeats: int,
+                      ) -> tuple[float, list[float]]:
+    """Examples/s of the first epoch and of `repeats` later (steady) epochs, full epochs."""
+    seconds = epoch_seconds(model, pipelines.train, 1 + repeats)
+    return pipelines.num_train / seconds[0], [pipelines.num_train / s for s in seconds[1:]]
+
+
+def chunk_steps(model: keras.Model, steps: int) -> int:
+    """`steps` rounded up to whole executions, so that every chunk does the same work."""
+    return math.ceil(steps / model.steps_per_execution) * model.steps_per_execution
+
+
+def train_in_chunks(model: keras.Model, dataset: tf.data.Dataset, batch_size: int, steps: int,
+                    repeats: int) -> tuple[float, list[float]]:
+    """Examples/s of a first chunk of `steps` steps (tracing included) and `repeats` more."""
+    steps = chunk_steps(model, steps)
+    seconds = epoch_seconds(model, dataset, 1 + repeats, steps_per_epoch=steps)
+    return steps * batch_size / seconds[0], [steps * batch_size / s for s in seconds[1:]]
+
+
+def one_repeated_batch(arrays: data.Arrays, batch_size: int) -> tf.data.Dataset:
+    """Synthetic input: one real batch served forever, so the model runs without a pipeline."""
+    batch = (arrays.x_train[:batch_size], arrays.y_train[:batch_size])
+    return tf.data.Dataset.from_tensors(batch).repeat()
+
+
+def compile_variants(name: str, settings: Settings, pipelines: data.Pipelines) -> list[dict]:
+    """Steady examples/s of the default model with each (steps_per_execution, jit) variant."""
+    steps_per_epoch = math.ceil(pipelines.num_train / settings.batch_size)
+    results = []
+    for steps_per_execution, jit_compile in settings.variants:
+        model = compiled_model(name, settings, steps_per_epoch)
+        model.steps_per_execution = steps_per_execution  # Read when fit builds its function.
+        model.jit_compile = jit_compile
+        log(f"{name}: steps_per_execution={steps_per_execution} jit_compile={jit_compile}")
+        _, rates = train_in_chunks(model, pipelines.train.repeat(), settings.batch_size,
+                                   settings.sizes.chunk_steps, settings.sizes.repeats)
+        log(f"  {statistics.median(rates):,.0f} examples/s")
+        results.append({"steps_per_execution": steps_per_execution,
+                        "jit_compile": jit_compile, "rates": rates})
+    return results
+
+
+# --- Serving --------------------------------------------------------------------------------
+
+def serving_rates(model: keras.Model, config: train.TrainConfig, images: np.ndarray,
+                  sizes: Sizes) -> tuple[list[float], list[float]]:
+    """Examples/s of the exported SavedModel at batch 1 and batch 1024, `repeats` times.
+
+    The trained weights are exported from an uncompiled twin of the model, as `train.run`
+    exports its (uncompiled) model.
+    """
+    twin = models.build(config.model, activation=config.activation, pooling=config.pooling)
+    twin.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as export_dir:
+        path = export.export_model(twin, export_dir)
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+
+        def rates(batch: tf.Tensor, calls: int) -> list[float]:
+            serve(images=batch)
+            results = []
+            for _ in range(sizes.repeats):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    serve(images=batch)["classes"].numpy()
+                results.append(calls * len(batch) / (time.perf_counter() - start))
+            return results
+
+        single = tf.constant(images[:1])
+        big = tf.constant(np.resize(images, (SERVING_BATCH,) + images.shape[1:]))
+        return rates(single, sizes.latency_calls), rates(big, sizes.throughput_calls)
+
+
+def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
+    """Every raw measurement of one model."""
+    sizes, batch_size = settings.sizes, settings.batch_size
+    pipelines = data.make_pipelines(arrays, batch_size, settings.seed, sizes.validation_size)
+    steps_per_epoch = math.ceil(pipelines.num_train / batch_size)
+    log(f"{name}: training on the pipeline, then serving")
+    model = compiled_model(name, settings, steps_per_epoch)
+    first, steady = train_on_pipeline(model, pipelines, sizes.repeats)
+    log(f"  first epoch {first:,.0f}, steady {statistics.median(steady):,.0f} examples/s")
+    latency, throughput = serving_rates(model, train_config(name, settings), arrays.x_test,
+                                        sizes)
+    log(f"{name}: training on one repeated batch")
+    synthetic_model = compiled_model(name, settings, steps_per_epoch)
+    synthetic_first, synthetic = train_in_chunks(
+        synthetic_model, one_repeated_batch(arrays, batch_size), batch_size, sizes.chunk_steps,
+        sizes.repeats)
+    return {
+        "forward_flops": flops.forward_flops(model),
+        "defaults": {"steps_per_execution": model.steps_per_execution,
+                     "jit_compile": bool(model.jit_compile)},
+        "epoch_examples": pipelines.num_train,
+        "chunk_examples": chunk_steps(synthetic_model, sizes.chunk_steps) * batch_size,
+        "first_epoch": first, "train": steady,
+        "synthetic_first_chunk": synthetic_first, "synthetic": synthetic,
+        "serve_latency": latency, "serve_throughput": throughput,
+        "variants": compile_variants(name, settings, pipelines),
+    }
+
+
+# --- The input pipeline alone ---------------------------------------------------------------
+
+def pipeline_variants(settings: Settings, arrays: data.Arrays) -> dict[str, tf.data.Dataset]:
+    """The project's training pipeline, and two alternatives to judge its design by."""
+    validation_size = settings.sizes.validation_size
+    x, y = arrays.x_train[validation_size:], arrays.y_train[validation_size:]
+    batch, seed = settings.batch_size, settings.seed
+    images, labels = tf.constant(x), tf.constant(y)
+    return {
+        "default (data.make_pipelines)":
+            data.make_pipelines(arrays, batch, seed, validation_size).train,
+        "without cache": tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(len(x), seed=seed).batch(batch).prefetch(tf.data.AUTOTUNE),
+        "shuffled indices, batched gather": tf.data.Dataset.range(len(x))
+            .shuffle(len(x), seed=seed).batch(batch)
+            .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
+            .prefetch(tf.data.AUTOTUNE),
+    }
+
+
+@tf.autograph.experimental.do_not_convert
+def _count_examples(count: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    return count + tf.shape(batch[1], tf.int64)[0]
+
+
+def pipeline_rates(dataset: tf.data.Dataset, num_examples: int, repeats: int,
+                   ) -> tuple[float, list[float]]:
+    """Examples/s of full passes counted inside TF (`reduce`): the first pass, then steady."""
+    def one_pass() -> float:
+        start = time.perf_counter()
+        count = dataset.reduce(tf.constant(0, tf.int64), _count_examples)
+        seconds = time.perf_counter() - start
+        if int(count) != num_examples:
+            raise RuntimeError(f"pipeline gave {int(count)} examples, expected {num_examples}")
+        return num_examples / seconds
+
+    first = one_pass()
+    return first, [one_pass() for _ in range(repeats)]
+
+
+# --- Putting it together --------------------------------------------------------------------
+
+def machine() -> dict:
+    """What the numbers were measured on, and how busy it was."""
+    cpu_model = platform.processor() or "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    return {"cpu_model": cpu_model, "cores": os.cpu_count(), "platform": platform.platform(),
+            "gpus": len(tf.config.list_physical_devices("GPU")), "niceness": os.nice(0)}
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__}
+
+
+def model_figures(raw: dict, baselines: dict[str, float], peak: float) -> dict:
+    """One model's raw rates as figures; training counts 3x the forward FLOPs."""
+    forward = raw["forward_flops"]
+    training = flops.TRAINING_TO_FORWARD * forward
+    first = figure([raw["first_epoch"]], "tf1_train", baselines, training, peak)
+    steady = figure(raw["train"], "tf1_train", baselines, training, peak)
+    synthetic = figure(raw["synthetic"], "tf1_train", baselines, training, peak)
+    first_chunk_s = raw["chunk_examples"] / raw["synthetic_first_chunk"]
+    latency = figure(raw["serve_latency"], "tf1_latency", baselines, forward, peak)
+    return {
+        "flops_per_example": {"forward": forward, "training": training},
+        "defaults": raw["defaults"],
+        "train": steady,
+        "first_epoch": {**first, "seconds": raw["epoch_examples"] / raw["first_epoch"],
+                        "steady_seconds": raw["epoch_examples"] / steady["examples_per_sec"],
+                        "vs_steady": steady["examples_per_sec"] / raw["first_epoch"]},
+        "synthetic": synthetic,
+        "synthetic_first_chunk_extra_seconds":
+            first_chunk_s - raw["chunk_examples"] / synthetic["examples_per_sec"],
+        "serve_latency": {**latency,
+                          "latency_ms": 1000 / latency["examples_per_sec"]},
+        "serve_throughput": figure(raw["serve_throughput"], "tf1_throughput", baselines,
+                                   forward, peak),
+        "variants": [{"steps_per_execution": v["steps_per_execution"],
+                      "jit_compile": v["jit_compile"],
+                      **figure(v["rates"], "tf1_train", baselines, training, peak)}
+                     for v in raw["variants"]],
+    }
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets, each with the measured value and whether it was met."""
+    found = results["models"]
+    rows = []
+
+    def add(name: str, value: float, comparison: str, threshold: float) -> None:
+        met = value >= threshold if comparison == ">=" else value <= threshold
+        rows.append({"target": name, "value": value, "comparison": comparison,
+                     "threshold": threshold, "met": met})
+
+    if "mlp" in found:
+        add("MLP training vs TF1", found["mlp"]["train"]["vs_tf1"], ">=", 1.25)
+    for name, share in (("mlp", 0.5), ("cnn", 0.5), ("lstm", 0.4)):
+        if name in found:
+            add(f"{name.upper()} training, fraction of peak",
+                found[name]["train"]["peak_fraction"], ">=", share)
+    for name, figures in found.items():
+        add(f"{name.upper()} first epoch / steady epoch", figures["first_epoch"]["vs_steady"],
+            "<=", 1.3)
+    add("pipeline / fastest model", results["pipeline"]["vs_fastest_model"], ">=", 10)
+    return rows
+
+
+def all_spreads(results: dict) -> list[float]:
+    """The relative spread (max - min) / median of every figure in the results."""
+    spreads = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "spread" in node and len(node.get("repeats", [])) > 1:
+                spreads.append(node["spread"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(results)
+    return spreads
+
+
+def benchmark(settings: Settings) -> dict:
+    """Runs every section and returns the results as written to JSON."""
+    sizes = settings.sizes
+    load_start = os.getloadavg()
+    arrays = data.load_arrays(settings.dataset, settings.data_dir, sizes.max_examples,
+                              settings.seed)
+    log(f"Data: {arrays.source}. Matmul peak and TF1 baseline (start)")
+    peak_start = matmul_peak(sizes.matmul_size, sizes.matmul_chain, sizes.repeats)
+    tf1_start = tf1_baseline(settings)
+    raw_models = {name: benchmark_model(name, settings, arrays) for name in settings.models}
+    log("Input pipeline alone")
+    num_train = len(arrays.x_train) - sizes.validation_size
+    raw_pipelines = {name: pipeline_rates(dataset, num_train, sizes.repeats)
+                     for name, dataset in pipeline_variants(settings, arrays).items()}
+    log("Matmul peak and TF1 baseline (end)")
+    peak_end = matmul_peak(sizes.matmul_size, sizes.matmul_chain, sizes.repeats)
+    tf1_end = tf1_baseline(settings)
+
+    peak = stats(peak_start + peak_end)
+    baseline_rates = {key: tf1_start[key] + tf1_end[key] for key in tf1_start}
+    baselines = {key: statistics.median(rates) for key, rates in baseline_rates.items()}
+    tf1_flops = flops.tutorial_mlp_forward_flops()
+    tf1_flops_per_figure = {"tf1_train": flops.TRAINING_TO_FORWARD * tf1_flops,
+                            "tf1_latency": tf1_flops, "tf1_throughput": tf1_flops}
+    results = {
+        "command": " ".join(["python -m benchmarks.run"] + sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {"tiny": sizes == TINY, "dataset": settings.dataset,
+                     "data_source": arrays.source,
+                     "batch_size": settings.batch_size, "seed": settings.seed,
+                     "serving_batch": SERVING_BATCH, **dataclasses.asdict(sizes)},
+        "peak": {"gflops": peak["median"], **{k: v for k, v in peak.items() if k != "median"},
+                 "start_median": statistics.median(peak_start),
+                 "end_median": statistics.median(peak_end)},
+        "baseline": {key: {**figure(rates, key, baselines, tf1_flops_per_figure[key],
+                                    peak["median"]),
+                           "start_median": statistics.median(tf1_start[key]),
+                           "end_median": statistics.median(tf1_end[key])}
+                     for key, rates in baseline_rates.items()},
+        "models": {name: model_figures(raw, baselines, peak["median"])
+                   for name, raw in raw_models.items()},
+    }
+    pipelines = {name: {
+        "first_pass": figure([first], "tf1_train", baselines, None, peak["median"]),
+        "steady": figure(rates, "tf1_train", baselines, None, peak["median"])}
+                 for name, (first, rates) in raw_pipelines.items()}
+    default = pipelines.pop("default (data.make_pipelines)")
+    fastest = max(m["train"]["examples_per_sec"] for m in results["models"].values())
+    results["pipeline"] = {
+        "examples_per_pass": num_train,
+        "train": default["steady"], "first_pass": default["first_pass"],
+        "vs_fastest_model": default["steady"]["examples_per_sec"] / fastest,
+        "alternatives": pipelines}
+    results["targets"] = targets(results)
+    spreads = all_spreads(results)
+    results["noise"] = {
+        "median_spread": statistics.median(spreads), "max_spread": max(spreads),
+        "peak_end_vs_start": statistics.median(peak_end) / statistics.median(peak_start),
+        "tf1_end_vs_start": statistics.median(tf1_end["tf1_train"]) / statistics.median(
+            tf1_start["tf1_train"]),
+        "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0]}
+    return results
+
+
+def write_json(path: str, content: dict) -> None:
+    """Writes JSON atomically, creating its directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def main(argv: list[str]) -> None:
+    settings = parse_settings(argv)
+    try:
+        results = benchmark(settings)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    write_json(settings.output, results)
+    report.update_readme(settings.readme, results)
+    log(f"Wrote {settings.output} and {settings.readme}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
