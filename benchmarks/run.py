@@ -4,10 +4,10 @@
     python -m benchmarks.run --tiny --output=/tmp/results.json --readme=/tmp/README.md
 
 Sections: the float32 matmul peak and the TF1 baseline (bracketing the run: measured at the
-start and again at the end, then pooled); per model, training through `train.py`'s own
-compiled model and `data.py`'s pipeline (first epoch and steady epochs), training on one
-repeated batch (the model without the pipeline), compile variants (`steps_per_execution`,
-XLA) and serving from an exported SavedModel; the input pipeline alone, with alternatives.
+start and again at the end, then pooled); per model, training through the loop that
+`train.run` drives (`loop.Trainer` on `data.py`'s pipeline: first epoch and steady epochs),
+training with Keras `fit` on one repeated batch (the model's cost without any pipeline),
+loop variants (`steps_per_execution`, XLA) and serving from an exported SavedModel; the input pipeline alone, with alternatives.
 Every figure is a median of repeats with its spread, a ratio to the TF1 baseline and, where
 it does arithmetic, a fraction of the peak.
 """
@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import flops, report
-from keras_tutorial import data, export, models, train
+from keras_tutorial import data, distribute, export, loop, models, train
 from keras_tutorial.errors import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -251,11 +251,36 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, epochs: int,
     return timer.seconds
 
 
-def train_on_pipeline(model: keras.Model, pipelines: data.Pipelines, repeats: int,
-                      ) -> tuple[float, list[float]]:
+def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs: int,
+               steps_per_execution: int | None = None, jit_compile: bool | None = None,
+               ) -> tuple[list[float], keras.Model]:
+    """Examples/s of each epoch of the loop that `train.run` drives, on this machine's default
+    strategy, with train.py's defaults unless a variant is given; and the trained model."""
+    config = train_config(name, settings)
+    steps_per_execution = steps_per_execution or config.steps_per_execution
+    if jit_compile is None:
+        jit_compile = distribute.choose_jit(config.jit_compile, name, "cpu")
+    strategy = tf.distribute.get_strategy()
+    keras.utils.set_random_seed(settings.seed)
+    model = models.build(name, activation=config.activation, pooling=config.pooling)
+    decay_steps = epochs * loop.steps_per_epoch(pipelines.num_train, settings.batch_size, 1)
+    optimizer = train.make_optimizer(config.optimizer, config.learning_rate, decay_steps)
+    with tempfile.TemporaryDirectory() as backup_dir:
+        trainer = loop.Trainer(strategy, model, optimizer, train.make_loss(config.loss),
+                               pipelines, loop.LoopConfig(
+                                   epochs=epochs, global_batch_size=settings.batch_size,
+                                   seed=settings.seed, backup_dir=backup_dir,
+                                   steps_per_execution=steps_per_execution,
+                                   jit_compile=jit_compile, verbose=False))
+        records = trainer.train(lambda record: None)
+    return [r.steps * settings.batch_size / r.seconds for r in records], model
+
+
+def train_on_pipeline(name: str, settings: Settings, pipelines: data.Pipelines,
+                      ) -> tuple[float, list[float], keras.Model]:
     """Examples/s of the first epoch and of `repeats` later (steady) epochs, full epochs."""
-    seconds = epoch_seconds(model, pipelines.train, 1 + repeats)
-    return pipelines.num_train / seconds[0], [pipelines.num_train / s for s in seconds[1:]]
+    rates, model = loop_rates(name, settings, pipelines, 1 + settings.sizes.repeats)
+    return rates[0], rates[1:], model
 
 
 def chunk_steps(model: keras.Model, steps: int) -> int:
@@ -277,20 +302,22 @@ def one_repeated_batch(arrays: data.Arrays, batch_size: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensors(batch).repeat()
 
 
-def compile_variants(name: str, settings: Settings, pipelines: data.Pipelines) -> list[dict]:
-    """Steady examples/s of the default model with each (steps_per_execution, jit) variant."""
-    steps_per_epoch = math.ceil(pipelines.num_train / settings.batch_size)
+def compile_variants(name: str, settings: Settings, arrays: data.Arrays) -> list[dict]:
+    """Steady examples/s of the loop with each (steps_per_execution, jit) variant, on epochs
+    cut to `chunk_steps` steps."""
+    sizes = settings.sizes
+    keep = sizes.chunk_steps * settings.batch_size + sizes.validation_size
+    short = data.make_pipelines(
+        dataclasses.replace(arrays, x_train=arrays.x_train[:keep], y_train=arrays.y_train[:keep]),
+        settings.batch_size, settings.seed, sizes.validation_size)
     results = []
     for steps_per_execution, jit_compile in settings.variants:
-        model = compiled_model(name, settings, steps_per_epoch)
-        model.steps_per_execution = steps_per_execution  # Read when fit builds its function.
-        model.jit_compile = jit_compile
         log(f"{name}: steps_per_execution={steps_per_execution} jit_compile={jit_compile}")
-        _, rates = train_in_chunks(model, pipelines.train.repeat(), settings.batch_size,
-                                   settings.sizes.chunk_steps, settings.sizes.repeats)
-        log(f"  {statistics.median(rates):,.0f} examples/s")
+        rates, _ = loop_rates(name, settings, short, 1 + sizes.repeats, steps_per_execution,
+                              jit_compile)
+        log(f"  {statistics.median(rates[1:]):,.0f} examples/s")
         results.append({"steps_per_execution": steps_per_execution,
-                        "jit_compile": jit_compile, "rates": rates})
+                        "jit_compile": jit_compile, "rates": rates[1:]})
     return results
 
 
@@ -330,8 +357,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
     pipelines = data.make_pipelines(arrays, batch_size, settings.seed, sizes.validation_size)
     steps_per_epoch = math.ceil(pipelines.num_train / batch_size)
     log(f"{name}: training on the pipeline, then serving")
-    model = compiled_model(name, settings, steps_per_epoch)
-    first, steady = train_on_pipeline(model, pipelines, sizes.repeats)
+    first, steady, model = train_on_pipeline(name, settings, pipelines)
     log(f"  first epoch {first:,.0f}, steady {statistics.median(steady):,.0f} examples/s")
     latency, throughput = serving_rates(model, train_config(name, settings), arrays.x_test,
                                         sizes)
@@ -340,16 +366,17 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
     synthetic_first, synthetic = train_in_chunks(
         synthetic_model, one_repeated_batch(arrays, batch_size), batch_size, sizes.chunk_steps,
         sizes.repeats)
+    config = train_config(name, settings)
     return {
         "forward_flops": flops.forward_flops(model),
-        "defaults": {"steps_per_execution": model.steps_per_execution,
-                     "jit_compile": bool(model.jit_compile)},
+        "defaults": {"steps_per_execution": config.steps_per_execution,
+                     "jit_compile": distribute.choose_jit(config.jit_compile, name, "cpu")},
         "epoch_examples": pipelines.num_train,
         "chunk_examples": chunk_steps(synthetic_model, sizes.chunk_steps) * batch_size,
         "first_epoch": first, "train": steady,
         "synthetic_first_chunk": synthetic_first, "synthetic": synthetic,
         "serve_latency": latency, "serve_throughput": throughput,
-        "variants": compile_variants(name, settings, pipelines),
+        "variants": compile_variants(name, settings, arrays),
     }
 
 
