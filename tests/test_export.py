@@ -1,13 +1,19 @@
+import json
 import os
+import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import export, models
+from keras_tutorial import data, export, models
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +21,19 @@ def model():
     return models.build("mlp")
 
 
-def _images(n=7):
-    return np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+@pytest.fixture(scope="module")
+def loaded(export_dir):
+    return tf.saved_model.load(os.path.join(export_dir, "1"))
+
+
+def _serve(loaded, images):
+    outputs = loaded.signatures["serving_default"](images=tf.constant(images))
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+def _serve_images(loaded, encoded):
+    outputs = loaded.signatures["serve_images"](image_bytes=tf.constant(encoded))
+    return {key: value.numpy() for key, value in outputs.items()}
 
 
 def test_versions_are_numbered_and_nothing_is_left_half_written(model, tmp_path):
@@ -25,35 +42,178 @@ def test_versions_are_numbered_and_nothing_is_left_half_written(model, tmp_path)
     assert (first, second) == (str(tmp_path / "1"), str(tmp_path / "2"))
     assert export.versions(str(tmp_path)) == [1, 2]
     assert sorted(os.listdir(tmp_path)) == ["1", "2"]
-    assert os.path.isfile(tmp_path / "1" / export.METADATA_FILE)
+    with open(tmp_path / "1" / export.METADATA_FILE) as f:
+        info = json.load(f)
+    assert info["model"] == "mlp" and info["tensorflow_version"] == tf.__version__
+    assert info["class_names"] == list(data.CLASS_NAMES["mnist"])
 
 
-def test_serving_signature_matches_the_model(model, tmp_path):
-    path = export.export_model(model, str(tmp_path))
-    serving = tf.saved_model.load(path).signatures["serving_default"]
-    spec = serving.structured_input_signature[1]["images"]
-    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 28, 28, 1]
-    images = _images()
-    outputs = serving(images=tf.constant(images))
-    expected = tf.nn.softmax(model(images)).numpy()
-    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert outputs["classes"].dtype == tf.int64
-    np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(axis=1))
+def test_reloaded_model_matches_the_in_memory_one(trained_mlp, export_dir, loaded,
+                                                  bordered_arrays):
+    images = bordered_arrays.x_test[:50]
+    expected = tf.nn.softmax(trained_mlp(images)).numpy()
+    outputs = _serve(loaded, images)
+    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert outputs["classes"].dtype == np.int64
+    np.testing.assert_array_equal(outputs["classes"], expected.argmax(axis=1))
+    names = np.array(data.CLASS_NAMES["fashion_mnist"])[expected.argmax(axis=1)]
+    assert [name.decode() for name in outputs["class_names"]] == list(names)
+
+    layer = keras.layers.TFSMLayer(os.path.join(export_dir, "1"),
+                                   call_endpoint="serving_default")
+    np.testing.assert_allclose(layer(images)["probabilities"], expected, rtol=1e-5, atol=1e-6)
 
 
-def _saved_model_cli():
+def test_signatures_reject_a_batch_of_the_wrong_dtype_or_shape(loaded):
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="expected to be a uint8 tensor but is a float tensor"):
+        serve(images=tf.zeros([2, 28, 28, 1], tf.float32))
+    for shape in ([2, 28, 28], [1, 56, 14, 1]):  # The second has 784 pixels, as an MLP needs.
+        with pytest.raises(tf.errors.InvalidArgumentError) as excinfo:
+            serve(images=tf.zeros(shape, tf.uint8))
+        dims = ",".join(map(str, shape))
+        assert f"Shape of tensor images [{dims}] is not compatible with expected shape " \
+               "[?,28,28,1]" in excinfo.value.message
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        loaded.signatures["serve_images"](image_bytes=tf.constant([b"not an image"]))
+
+
+def _saved_model_cli(*args):
     beside_python = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    return beside_python if os.path.exists(beside_python) else shutil.which("saved_model_cli")
+    command = beside_python if os.path.exists(beside_python) else shutil.which("saved_model_cli")
+    return subprocess.run([command, *args], capture_output=True, text=True, check=True,
+                          timeout=120).stdout
 
 
-def test_saved_model_cli_lists_uint8_serving_default(model, tmp_path):
-    path = export.export_model(model, str(tmp_path))
-    shown = subprocess.run([_saved_model_cli(), "show", "--dir", path, "--all"],
-                           capture_output=True, text=True, check=True).stdout
+def test_saved_model_cli_shows_both_signatures(export_dir):
+    shown = _saved_model_cli("show", "--dir", os.path.join(export_dir, "1"), "--all")
     serving = shown.split("signature_def['serving_default']")[1]
     assert "inputs['images'] tensor_info:\n        dtype: DT_UINT8\n" \
            "        shape: (-1, 28, 28, 1)" in serving
-    assert "outputs['probabilities']" in serving and "outputs['classes']" in serving
+    for output in ("probabilities", "classes", "class_names"):
+        assert f"outputs['{output}']" in serving
+    images = shown.split("signature_def['serve_images']")[1]
+    assert "inputs['image_bytes'] tensor_info:\n        dtype: DT_STRING\n" \
+           "        shape: (-1)" in images
+
+
+def test_saved_model_cli_run_gives_the_model_s_classes(export_dir, loaded, bordered_arrays):
+    images = bordered_arrays.x_test[:3]
+    printed = _saved_model_cli(
+        "run", "--dir", os.path.join(export_dir, "1"), "--tag_set", "serve",
+        "--signature_def", "serving_default",
+        "--input_exprs", f"images={images.tolist()}".replace(" ", ""))
+    classes = re.search(r"Result for output key classes:\n\[([\d ]+)\]", printed).group(1)
+    expected = _serve(loaded, images)
+    assert [int(c) for c in classes.split()] == list(expected["classes"])
+    block = re.search(r"Result for output key probabilities:\n(\[\[.*?\]\])", printed, re.S)
+    numbers = re.findall(r"\d+\.?\d*(?:e[-+]?\d+)?", block.group(1))
+    probabilities = np.array(numbers, dtype=np.float32).reshape(3, data.NUM_CLASSES)
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-6)
+
+
+def test_serve_images_classifies_png_and_jpeg_bytes_like_their_pixels(loaded, bordered_arrays):
+    images = bordered_arrays.x_test[:40]
+    pngs = [tf.io.encode_png(image).numpy() for image in images]
+    np.testing.assert_allclose(_serve_images(loaded, pngs)["probabilities"],
+                               _serve(loaded, images)["probabilities"], atol=1e-6)
+    jpegs = [tf.io.encode_jpeg(image, quality=90).numpy() for image in images]
+    decoded = np.stack([tf.io.decode_jpeg(jpeg, channels=1).numpy() for jpeg in jpegs])
+    np.testing.assert_allclose(_serve_images(loaded, jpegs)["probabilities"],
+                               _serve(loaded, decoded)["probabilities"], atol=1e-6)
+
+
+def test_photos_of_any_size_colour_and_polarity_become_mnist_pixels(bordered_arrays):
+    images = bordered_arrays.x_test[:4]
+
+    def decoded(pictures, encode=tf.io.encode_png):
+        return export.decode_images(tf.constant([encode(p).numpy() for p in pictures])).numpy()
+
+    np.testing.assert_array_equal(decoded(images), images)
+    # Dark ink on white paper, in colour, three times the size.
+    photos = np.repeat(np.repeat(255 - images, 3, axis=1), 3, axis=2)
+    np.testing.assert_array_equal(decoded(np.concatenate([photos] * 3, axis=-1)), images)
+    jpeg = decoded(np.concatenate([photos] * 3, axis=-1), tf.io.encode_jpeg).astype(float)
+    assert np.abs(jpeg - images).mean() < 3
+    # Half the size: each pixel becomes a 2x2 block.
+    small = images[:, ::2, ::2]
+    np.testing.assert_array_equal(decoded(small), np.repeat(np.repeat(small, 2, 1), 2, 2))
+    # Twice as wide as high: padded to a square, centred, then shrunk.
+    wide = np.concatenate([images[0], images[1]], axis=1)
+    expected = np.pad(wide, ((14, 14), (0, 0), (0, 0))).reshape(28, 2, 28, 2, 1).mean((1, 3))
+    assert np.abs(decoded(wide[np.newaxis])[0] - expected).max() <= 0.5
+
+
+def test_lstm_exports_unrolled_and_converts_to_builtin_tflite(tmp_path, bordered_arrays):
+    lstm = models.build("lstm")
+    path = export.export_model(lstm, str(tmp_path))
+    images = bordered_arrays.x_test[:20]
+    expected = _serve(tf.saved_model.load(path), images)["probabilities"]
+    np.testing.assert_allclose(expected, tf.nn.softmax(lstm(images)).numpy(), atol=1e-6)
+    interpreter = tf.lite.Interpreter(model_content=export.to_tflite(path, "float"))
+    tflite = interpreter.get_signature_runner("serving_default")(images=images)
+    np.testing.assert_allclose(tflite["probabilities"], expected, atol=1e-5)
+
+
+def test_rolled_lstm_saved_model_is_a_clear_tflite_error(tmp_path):
+    lstm = models.build("lstm")
+    archive = keras.export.ExportArchive()
+    archive.track(lstm)
+    archive.add_endpoint("serving_default", lambda images: lstm(images),
+                         input_signature=[tf.TensorSpec((None, 28, 28, 1), tf.uint8)])
+    archive.write_out(str(tmp_path / "1"), verbose=False)
+    with pytest.raises(export.ExportError) as excinfo:
+        export.to_tflite(str(tmp_path / "1"), "float")
+    message = str(excinfo.value)
+    assert "\n" not in message and "tf.TensorListReserve" in message
+    assert "TF select ops" in message and "export the model again" in message
+
+
+def test_tflite_models_keep_the_saved_model_s_accuracy(export_dir, tmp_path, bordered_arrays):
+    directory = shutil.copytree(export_dir, tmp_path / "export")
+    target, report = export.write_tflite(str(directory))
+    assert target == str(directory / "tflite" / "1")
+    assert sorted(os.listdir(target)) == ["dynamic_range.tflite", "float.tflite",
+                                          "tflite_info.json"]
+    assert report["examples"] == len(bordered_arrays.y_test)
+    assert report["float"]["agreement_with_saved_model"] >= 0.995
+    assert report["dynamic_range"]["accuracy"] >= report["saved_model_accuracy"] - 0.02
+    assert report["dynamic_range"]["bytes"] < report["float"]["bytes"] / 3
+    with open(os.path.join(target, "dynamic_range.tflite"), "rb") as f:
+        classes = export.tflite_classes(f.read(), bordered_arrays.x_test)
+    assert np.mean(classes == bordered_arrays.y_test) == report["dynamic_range"]["accuracy"]
+    with pytest.raises(export.ExportError, match="already exists: delete it"):
+        export.write_tflite(str(directory))
+
+
+_EXPORT_FOREVER = """
+import sys
+from keras_tutorial import export, models
+model = models.build("mlp")
+while True:
+    print(export.export_model(model, sys.argv[1]), flush=True)
+"""
+
+
+def test_killed_export_leaves_no_partial_version(model, tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", _EXPORT_FOREVER, str(tmp_path)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == str(tmp_path / "1")
+        delay = random.uniform(0, 2)
+        time.sleep(delay)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    found = export.versions(str(tmp_path))
+    assert found == list(range(1, len(found) + 1)), f"killed {delay:.2f}s after version 1"
+    for version in found:
+        path = str(tmp_path / str(version))
+        assert os.path.isfile(os.path.join(path, export.METADATA_FILE))
+        assert "serve_images" in tf.saved_model.load(path).signatures
+    assert export.export_model(model, str(tmp_path)) == str(tmp_path / str(found[-1] + 1))
+    assert not [name for name in os.listdir(tmp_path) if not name.isdigit()]
 
 
 def test_export_dir_that_is_a_file_is_a_clear_error(model, tmp_path):
