@@ -1,0 +1,111 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_tutorial import data, export, predict
+from conftest import idx_bytes
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "keras_tutorial.predict", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _expected(export_dir, images):
+    serve = tf.saved_model.load(os.path.join(export_dir, "1")).signatures["serving_default"]
+    return serve(images=tf.constant(images))["classes"].numpy()
+
+
+def test_cli_classifies_png_jpeg_and_idx_files(tmp_path, export_dir, bordered_arrays):
+    images = bordered_arrays.x_test[:6]
+    paths = []
+    for i, image in enumerate(images[:3]):
+        paths.append(tmp_path / f"digit{i}.png")
+        paths[-1].write_bytes(tf.io.encode_png(image).numpy())
+    # A black-on-white colour photo at three times the size, as a phone might take it.
+    photo = np.repeat(np.repeat(255 - images[3], 3, axis=0), 3, axis=1)
+    paths.append(tmp_path / "photo.jpg")
+    paths[-1].write_bytes(tf.io.encode_jpeg(np.repeat(photo, 3, axis=-1), quality=100).numpy())
+    paths.append(tmp_path / "images-idx3-ubyte")
+    paths[-1].write_bytes(idx_bytes(images[4:, ..., 0]))
+
+    result = _cli(f"--export_dir={export_dir}", "--format=json", *map(str, paths))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)
+    assert [row["file"] for row in rows] == [str(path) for path in paths[:4]] + [
+        f"{paths[4]}[0]", f"{paths[4]}[1]"]
+    expected = _expected(export_dir, images)
+    assert [row["class"] for row in rows] == list(expected)
+    names = data.CLASS_NAMES["fashion_mnist"]
+    assert [row["class_name"] for row in rows] == [names[c] for c in expected]
+    assert all(0.1 <= row["probability"] <= 1 for row in rows)
+
+
+def test_table_lists_file_class_name_and_probability(export_dir, tmp_path, bordered_arrays):
+    path = tmp_path / "shoe.png"
+    path.write_bytes(tf.io.encode_png(bordered_arrays.x_test[0]).numpy())
+    rows = predict.predict(export_dir, [str(path)])
+    lines = predict.format_table(rows).splitlines()
+    assert lines[0].split() == ["file", "class", "probability"]
+    assert lines[1].startswith(str(path)) and rows[0]["class_name"] in lines[1]
+    assert lines[1].endswith(f"{rows[0]['probability']:.4f}")
+
+
+def test_dataset_split(export_dir, bordered_idx_dir, bordered_arrays):
+    rows = predict.predict(export_dir, [], dataset="fashion_mnist", data_dir=bordered_idx_dir,
+                           max_examples=30)
+    assert [row["file"] for row in rows[:2]] == ["fashion_mnist:test[0]", "fashion_mnist:test[1]"]
+    np.testing.assert_array_equal([row["class"] for row in rows],
+                                  _expected(export_dir, bordered_arrays.x_test[:30]))
+
+
+def _write(path, content):
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda d: _write(d / "empty.png", b""), "empty.png: is empty"),
+    (lambda d: str(d), "is a directory, expected an image or IDX file"),
+    (lambda d: str(d / "missing.png"), "missing.png: cannot read: No such file"),
+    (lambda d: _write(d / "notes.txt", b"hello"), "notes.txt: not a PNG, JPEG, GIF or BMP image"),
+    (lambda d: _write(d / "cut.png", tf.io.encode_png(np.zeros((28, 28, 1), np.uint8)).numpy()
+                      [:40]), "cut.png: cannot decode the image"),
+    (lambda d: _write(d / "labels-idx1-ubyte", idx_bytes(np.zeros(5, np.uint8))),
+     "IDX file of shape [5] does not hold images [N,28,28]"),
+])
+def test_bad_input_files_are_one_line_errors(export_dir, tmp_path, make_input, message):
+    with pytest.raises(predict.PredictError) as excinfo:
+        predict.predict(export_dir, [make_input(tmp_path)])
+    assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("break_it, version, message", [
+    (lambda d: shutil.rmtree(d / "1"), None, "has no versions"),
+    (lambda d: None, 7, "has no version 7, only 1"),
+    (lambda d: (d / "1" / "saved_model.pb").unlink(), None, "1 is not a SavedModel"),
+    (lambda d: (d / "1" / "saved_model.pb").write_bytes(b"garbage"), None,
+     "cannot load the SavedModel"),
+])
+def test_unusable_export_dirs_are_one_line_errors(export_dir, tmp_path, bordered_arrays,
+                                                  break_it, version, message):
+    directory = shutil.copytree(export_dir, tmp_path / "export")
+    break_it(directory)
+    image = _write(tmp_path / "image.png", tf.io.encode_png(bordered_arrays.x_test[0]).numpy())
+    with pytest.raises(export.ExportError) as excinfo:
+        predict.predict(str(directory), [image], version=version)
+    assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_cli_error_is_one_line_on_stderr(export_dir, tmp_path):
+    result = _cli(f"--export_dir={export_dir}", _write(tmp_path / "notes.txt", b"hello"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'notes.txt'}: not a PNG")
+    assert "Traceback" not in result.stderr
