@@ -1,0 +1,190 @@
+"""Evaluate an exported model on a dataset split: `python -m keras_tutorial.evaluate --export_dir=DIR`.
+
+Prints the accuracy, the accuracy of each class and the confusion matrix, and writes them to
+`<output_dir>/evaluation.json` beside two pictures: `confusion_matrix.png` and
+`worst_mistakes.png`, the misclassified images that the model was surest about.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+
+from absl import app, flags
+from matplotlib.figure import Figure
+import numpy as np
+
+from keras_tutorial import data, export
+from keras_tutorial.errors import UserError
+
+EVALUATION_FILE = "evaluation.json"
+CONFUSION_FILE = "confusion_matrix.png"
+MISTAKES_FILE = "worst_mistakes.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A version's predictions on a split, beside the split itself."""
+
+    version_path: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+def evaluate(export_dir: str, version: int | None = None, dataset: str | None = None,
+             split: str = "test", data_dir: str | None = None,
+             max_examples: int = 0) -> Evaluation:
+    """Runs a version's `serving_default` over a split (by default the test split it was
+    trained beside)."""
+    path = export.version_path(export_dir, version)
+    loaded = export.load_version(path)  # Kept referenced: its signatures read its variables.
+    info = export.read_info(path)
+    images, labels = export.load_split(info, split, dataset, data_dir, max_examples)
+    outputs = export.classify_arrays(loaded.signatures["serving_default"], images)
+    return Evaluation(path, split, images, labels, outputs["probabilities"],
+                      export.class_names(info))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int = data.NUM_CLASSES) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def report(evaluation: Evaluation) -> dict:
+    """Accuracy overall and per class, and the confusion matrix, as JSON-ready values."""
+    matrix = confusion_matrix(evaluation.labels, evaluation.predictions)
+    support = matrix.sum(axis=1)
+    return {
+        "version_path": evaluation.version_path,
+        "split": evaluation.split,
+        "examples": int(len(evaluation.labels)),
+        "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "per_class_accuracy": {
+            name: (float(matrix[i, i] / support[i]) if support[i] else None)
+            for i, name in enumerate(evaluation.class_names)},
+        "class_names": list(evaluation.class_names),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def format_report(result: dict) -> str:
+    """The report as text: accuracy, a per-class table and the confusion matrix."""
+    names = result["class_names"]
+    width = max(len(name) for name in names)
+    lines = [f"{result['version_path']} on {result['examples']} {result['split']} examples: "
+             f"accuracy {result['accuracy']:.4f}", "", f"{'class':<{width}}  accuracy"]
+    for name, accuracy in result["per_class_accuracy"].items():
+        lines.append(f"{name:<{width}}  " + ("-" if accuracy is None else f"{accuracy:.4f}"))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted class 0..9)"]
+    for name, row in zip(names, result["confusion_matrix"]):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{count:5d}" for count in row))
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...], path: str) -> None:
+    """Writes the confusion matrix as a PNG, counts written in their cells."""
+    figure = Figure(figsize=(8, 7), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > matrix.max() / 2 else "black")
+    figure.savefig(path, dpi=100)
+
+
+def plot_worst_mistakes(evaluation: Evaluation, path: str, count: int = 25) -> None:
+    """Writes a grid of the `count` misclassified images with the most confident predictions."""
+    predictions = evaluation.predictions
+    wrong = np.flatnonzero(predictions != evaluation.labels)
+    confidence = evaluation.probabilities[wrong, predictions[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")][:count]
+    columns = 5
+    rows = max(1, math.ceil(len(worst) / columns))
+    figure = Figure(figsize=(2 * columns, 2.3 * rows), layout="constrained")
+    if not len(worst):
+        figure.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    names = evaluation.class_names
+    for i, index in enumerate(worst):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        axes.imshow(evaluation.images[index, ..., 0], cmap="gray", vmin=0, vmax=255)
+        axes.set_title(f"#{index} {names[evaluation.labels[index]]}\n-> "
+                       f"{names[predictions[index]]} "
+                       f"{evaluation.probabilities[index, predictions[index]]:.2f}", fontsize=8)
+        axes.axis("off")
+    figure.savefig(path, dpi=100)
+
+
+def write_outputs(evaluation: Evaluation, result: dict, output_dir: str) -> None:
+    """evaluation.json, confusion_matrix.png and worst_mistakes.png in `output_dir`."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, EVALUATION_FILE), "w") as f:
+        json.dump(result, f, indent=2)
+    plot_confusion_matrix(np.array(result["confusion_matrix"]), evaluation.class_names,
+                          os.path.join(output_dir, CONFUSION_FILE))
+    plot_worst_mistakes(evaluation, os.path.join(output_dir, MISTAKES_FILE))
+
+
+def run(export_dir: str, output_dir: str, version: int | None = None,
+        dataset: str | None = None, split: str = "test", data_dir: str | None = None,
+        max_examples: int = 0) -> dict:
+    """Evaluates, then writes the report and pictures to `output_dir`; on bad input, nothing."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"output directory {output_dir} exists and is not a directory")
+    evaluation = evaluate(export_dir, version, dataset, split, data_dir, max_examples)
+    result = report(evaluation)
+    write_outputs(evaluation, result, output_dir)
+    return result
+
+
+def _define_flags() -> None:
+    """Flags of `python -m keras_tutorial.evaluate`, defined only when it runs (see export.py)."""
+    flags.DEFINE_string("export_dir", None, "Export directory holding versions 1, 2, ...",
+                        required=True)
+    flags.DEFINE_integer("version", None, "Version to evaluate (default: the newest).",
+                         lower_bound=1)
+    flags.DEFINE_enum("dataset", None, data.DATASETS,
+                      "Dataset to evaluate on (default: the one the version was trained on).")
+    flags.DEFINE_enum("split", "test", ("train", "test"), "The split to evaluate on.")
+    flags.DEFINE_string("data_dir", None, "Where the dataset is (default: the version's own).")
+    flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0: all).",
+                         lower_bound=0)
+    flags.DEFINE_string("output_dir", os.path.join("runs", "evaluate"),
+                        "Where evaluation.json and the two PNG images go.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    FLAGS = flags.FLAGS
+    try:
+        result = run(FLAGS.export_dir, FLAGS.output_dir, FLAGS.version, FLAGS.dataset,
+                     FLAGS.split, FLAGS.data_dir, FLAGS.max_examples)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(format_report(result))
+    print(f"\nWrote {EVALUATION_FILE}, {CONFUSION_FILE} and {MISTAKES_FILE} in {FLAGS.output_dir}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
