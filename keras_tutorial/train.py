@@ -109,12 +109,15 @@ def scaled_learning_rate(base: float, optimizer: str, batch_size: int) -> float:
     return base * (ratio if optimizer == "sgd" else math.sqrt(ratio))
 
 
+# Registered so that a compiled model can be cloned or saved with its loss (export clones RNNs).
+@keras.saving.register_keras_serializable(package="keras_tutorial")
 def mean_squared_error_on_probabilities(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """The tutorial's MSE loss: squared distance between softmax output and one-hot label."""
     one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), data.NUM_CLASSES)
     return tf.reduce_mean(tf.square(tf.nn.softmax(logits) - one_hot), axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="keras_tutorial")
 def sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
