@@ -161,10 +161,10 @@ def render(results: dict) -> str:
          "pipeline's first pass against its later ones, and the first chunk of training on one "
          "repeated batch (no pipeline) against later chunks.", ""]
         + first_epoch_table(results),
-        ["### Compile variants", "",
-         "Each model as `train.build_compiled_model` makes it, then `steps_per_execution` and "
-         "`jit_compile` set before `fit`; steady examples/s over chunks of "
-         f"{results['settings']['chunk_steps']} steps of the training pipeline, repeated.", ""]
+        ["### Loop variants", "",
+         "The training loop (`loop.Trainer`) with other `steps_per_execution` and `jit_compile` "
+         f"values; steady examples/s over epochs cut to {results['settings']['chunk_steps']} "
+         "steps, repeated.", ""]
         + variants_table(results),
         ["### Input pipeline alternatives", "",
          "Full passes over the training split, counted inside TensorFlow with "
