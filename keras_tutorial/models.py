@@ -51,8 +51,8 @@ def mlp(hidden_units: tuple[int, ...] = (256,), activation: str = "relu",
 
 
 def cnn(filters: tuple[int, ...] = (32, 64), kernel_size: int = 3, pooling: str = "max",
-        activation: str = "relu", dense_units: int = 128, dropout: float = 0.5,
-        batch_norm: bool = False) -> keras.Model:
+        activation: str = "relu", dense_units: int = 128, dropout: float = 0.25,
+        batch_norm: bool = True) -> keras.Model:
     """Conv/pool blocks, then a dense layer with dropout: a small convnet that is strong on MNIST."""
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("pooling", pooling, POOLINGS)
@@ -86,7 +86,7 @@ def lstm(units: int = 128, dense_units: int = 0) -> keras.Model:
 
 
 def build(name: str, activation: str = "relu", pooling: str = "max",
-          batch_norm: bool = False) -> keras.Model:
+          batch_norm: bool = True) -> keras.Model:
     """Builds a model by name with its default shape; the tutorial's knobs where they apply."""
     _check_choice("model", name, MODELS)
     if name == "mlp":

@@ -54,7 +54,7 @@ class TrainConfig:
     loss: str = "cross_entropy"
     activation: str = "relu"
     pooling: str = "max"
-    batch_norm: bool = False
+    batch_norm: bool = True
     seed: int = 0
     validation_size: int = 5000
     max_examples: int = 0
@@ -343,7 +343,7 @@ flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimizer (sgd has momentum 
 flags.DEFINE_enum("loss", "cross_entropy", LOSSES, "Loss on the softmax output.")
 flags.DEFINE_enum("activation", "relu", models.ACTIVATIONS, "Hidden activation (mlp and cnn).")
 flags.DEFINE_enum("pooling", "max", models.POOLINGS, "Pooling (cnn).")
-flags.DEFINE_bool("batch_norm", False, "Batch normalisation after each convolution (cnn).")
+flags.DEFINE_bool("batch_norm", True, "Batch normalisation after each convolution (cnn).")
 flags.DEFINE_integer("seed", 0, "Seed for initial weights, dropout and shuffling.")
 flags.DEFINE_integer("validation_size", 5000,
                      "Training examples held out for validation (0: none).", lower_bound=0)
