@@ -63,7 +63,8 @@ def test_every_section_is_present(tiny_run):
     mlp = results["models"]["mlp"]
     assert all(mlp[name]["examples_per_sec"] > 0 for name in MODEL_FIGURES)
     assert [(v["steps_per_execution"], v["jit_compile"]) for v in mlp["variants"]] == [(2, False)]
-    assert len(results["pipeline"]["alternatives"]) == 2
+    assert list(results["pipeline"]["alternatives"]) == [
+        "Pipelines.train (cache, shuffle, batch, prefetch; for fit)"]
     assert results["settings"]["tiny"] is True
 
 
@@ -72,7 +73,7 @@ def test_figures_are_positive_and_ratios_match_the_raw_numbers(tiny_run):
     peak = results["peak"]["gflops"]
     assert peak > 0
     figures = list(_figures(results))
-    assert len(figures) >= 15
+    assert len(figures) >= 13
     for fig in figures:
         rate = fig["examples_per_sec"]
         assert all(r > 0 and math.isfinite(r) for r in fig["repeats"])

@@ -21,12 +21,16 @@ def _cli(*flags, cwd=None, env=None):
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("model, loss", [("mlp", "cross_entropy"), ("mlp", "mean_squared_error"),
-                                         ("cnn", "cross_entropy"), ("lstm", "cross_entropy")])
-def test_learns_far_above_chance(tmp_path, model, loss):
+# The CNN gets more, smaller steps: its batch norm's moving statistics trail the weights, and
+# catch up only once the learning rate has decayed over several hundred steps.
+@pytest.mark.parametrize("model, loss, batch_size, epochs", [
+    ("mlp", "cross_entropy", 32, 3), ("mlp", "mean_squared_error", 32, 3),
+    ("cnn", "cross_entropy", 8, 6), ("lstm", "cross_entropy", 32, 3)])
+def test_learns_far_above_chance(tmp_path, model, loss, batch_size, epochs):
     summary = train.run(train.TrainConfig(
         model=model, dataset="synthetic", loss=loss, max_examples=1200, validation_size=200,
-        epochs=3, batch_size=32, workdir=str(tmp_path), export=False))
+        epochs=epochs, batch_size=batch_size, workdir=str(tmp_path), export=False,
+        verbose=False))
     assert summary["test_accuracy"] > 0.6  # Chance is 0.1.
     assert SUMMARY_KEYS <= set(summary)
     with open(tmp_path / "summary.json") as f:
