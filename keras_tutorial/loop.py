@@ -16,7 +16,6 @@ import shutil
 import time
 from typing import Callable
 
-from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf

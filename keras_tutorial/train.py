@@ -153,11 +153,10 @@ def build_compiled_model(config: TrainConfig, steps_per_epoch: int) -> keras.Mod
 
 
 def _apply_cpu_replicas(replicas: int) -> None:
+    """Splits the CPU unless it already has that many logical devices (one when never split)."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    current = tf.config.get_logical_device_configuration(cpu)
-    if replicas > 1 or current:
-        if len(current or [None]) != replicas:
-            distribute.split_cpu(replicas)
+    if len(tf.config.get_logical_device_configuration(cpu) or [None]) != replicas:
+        distribute.split_cpu(replicas)
 
 
 def _check_same_run(workdir: str, config: TrainConfig) -> None:
