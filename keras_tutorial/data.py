@@ -104,15 +104,20 @@ class Pipelines:
                 .prefetch(tf.data.AUTOTUNE))
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Reads one IDX file of unsigned bytes (optionally gzipped), checking every header field."""
+def read_bytes(path: str, expected: str) -> bytes:
+    """A file's bytes, or one line saying why they cannot be read; `expected` names the kind."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an IDX file") from None
+        raise DataError(f"{path}: is a directory, expected {expected}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file of unsigned bytes (optionally gzipped), checking every header field."""
+    raw = read_bytes(path, "an IDX file")
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)

@@ -29,13 +29,7 @@ class PredictError(UserError):
 
 def read_file(path: str) -> bytes:
     """The bytes of an input file, which must exist and not be empty."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except IsADirectoryError:
-        raise PredictError(f"{path}: is a directory, expected an image or IDX file") from None
-    except OSError as e:
-        raise PredictError(f"{path}: cannot read: {e.strerror or e}") from None
+    raw = data.read_bytes(path, "an image or IDX file")
     if not raw:
         raise PredictError(f"{path}: is empty, expected an image or IDX file")
     return raw

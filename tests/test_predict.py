@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from keras_tutorial import data, export, predict
+from keras_tutorial.errors import UserError
 from conftest import idx_bytes
 
 
@@ -81,7 +82,7 @@ def _write(path, content):
      "IDX file of shape [5] does not hold images [N,28,28]"),
 ])
 def test_bad_input_files_are_one_line_errors(export_dir, tmp_path, make_input, message):
-    with pytest.raises(predict.PredictError) as excinfo:
+    with pytest.raises(UserError) as excinfo:
         predict.predict(export_dir, [make_input(tmp_path)])
     assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
 
