@@ -30,9 +30,17 @@ def _range(fig: dict) -> str:
     return f"{_rate(fig['min'])}–{_rate(fig['max'])} ({100 * fig['spread']:.0f}%)"
 
 
-def _figure_row(label: str, what: str, fig: dict) -> str:
-    return (f"| {label} | {what} | {_rate(fig['examples_per_sec'])} | {_range(fig)} | "
-            f"{_ratio(fig['vs_tf1'])} | {_share(fig['peak_fraction'])} |")
+def _table(columns: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    """A markdown table; `align` has one letter per column, l (text) or r (numbers)."""
+    rule = {"l": "---", "r": "---:"}
+    return ["| " + " | ".join(columns) + " |",
+            "|" + "|".join(rule[a] for a in align) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _figure_row(label: str, what: str, fig: dict) -> list[str]:
+    return [label, what, _rate(fig["examples_per_sec"]), _range(fig), _ratio(fig["vs_tf1"]),
+            _share(fig["peak_fraction"])]
 
 
 def header(results: dict) -> list[str]:
@@ -61,14 +69,7 @@ def header(results: dict) -> list[str]:
 def figures_table(results: dict) -> list[str]:
     """Every headline figure: examples/s, noise, ratio to TF1, fraction of the peak."""
     peak, baseline = results["peak"], results["baseline"]
-    lines = [
-        f"Matmul peak: **{peak['gflops']:.0f} GFLOP/s** float32 (median of "
-        f"{len(peak['repeats'])}, {peak['min']:.0f}–{peak['max']:.0f}). TF1 figures are the "
-        "baseline of the ratios; training rows compare with TF1 training, serving rows with "
-        "TF1 inference at the same batch size.",
-        "",
-        "| model | figure | examples/s (median) | min–max (spread) | vs TF1 | of peak |",
-        "|---|---|---:|---:|---:|---:|",
+    rows = [
         _figure_row("TF1 MLP", "training (feed_dict)", baseline["tf1_train"]),
         _figure_row("TF1 MLP", "inference, batch 1", baseline["tf1_latency"]),
         _figure_row("TF1 MLP", f"inference, batch {results['settings']['serving_batch']}",
@@ -76,7 +77,7 @@ def figures_table(results: dict) -> list[str]:
     ]
     for name, model in results["models"].items():
         latency_ms = model["serve_latency"]["latency_ms"]
-        lines += [
+        rows += [
             _figure_row(name, "training, steady epochs", model["train"]),
             _figure_row(name, "training, first epoch", model["first_epoch"]),
             _figure_row(name, "training on one repeated batch (no pipeline)",
@@ -87,18 +88,23 @@ def figures_table(results: dict) -> list[str]:
                         model["serve_throughput"]),
         ]
     pipeline = results["pipeline"]
-    lines += [_figure_row("pipeline", "alone, steady passes", pipeline["train"]),
-              _figure_row("pipeline", "alone, first pass (fills the cache)",
-                          pipeline["first_pass"])]
-    return lines
+    rows += [_figure_row("pipeline", "alone, steady passes", pipeline["train"]),
+             _figure_row("pipeline", "alone, first pass (fills the cache)",
+                         pipeline["first_pass"])]
+    return [
+        f"Matmul peak: **{peak['gflops']:.0f} GFLOP/s** float32 (median of "
+        f"{len(peak['repeats'])}, {peak['min']:.0f}–{peak['max']:.0f}). TF1 figures are the "
+        "baseline of the ratios; training rows compare with TF1 training, serving rows with "
+        "TF1 inference at the same batch size.",
+        "",
+        *_table(["model", "figure", "examples/s (median)", "min–max (spread)", "vs TF1",
+                 "of peak"], "llrrrr", rows)]
 
 
 def targets_table(results: dict) -> list[str]:
-    lines = ["| target | measured | goal | met |", "|---|---:|---:|---|"]
-    for row in results["targets"]:
-        lines.append(f"| {row['target']} | {row['value']:.2f} | {row['comparison']} "
-                     f"{row['threshold']:g} | {'met' if row['met'] else '**not met**'} |")
-    return lines
+    return _table(["target", "measured", "goal", "met"], "lrrl", [
+        [row["target"], f"{row['value']:.2f}", f"{row['comparison']} {row['threshold']:g}",
+         "met" if row["met"] else "**not met**"] for row in results["targets"]])
 
 
 def first_epoch_table(results: dict) -> list[str]:
@@ -106,23 +112,21 @@ def first_epoch_table(results: dict) -> list[str]:
     pipeline = results["pipeline"]
     cache_fill = pipeline["examples_per_pass"] * (
         1 / pipeline["first_pass"]["examples_per_sec"] - 1 / pipeline["train"]["examples_per_sec"])
-    lines = ["| model | first epoch | steady epoch | ratio | extra time of the first epoch | "
-             "of which: cache filling (pipeline alone) | tracing (first chunk on one "
-             "repeated batch) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for name, model in results["models"].items():
         first = model["first_epoch"]
-        lines.append(f"| {name} | {first['seconds']:.2f} s | {first['steady_seconds']:.2f} s | "
-                     f"{first['vs_steady']:.2f}x | "
-                     f"{first['seconds'] - first['steady_seconds']:.2f} s | {cache_fill:.2f} s | "
-                     f"{model['synthetic_first_chunk_extra_seconds']:.2f} s |")
-    return lines
+        rows.append([name, f"{first['seconds']:.2f} s", f"{first['steady_seconds']:.2f} s",
+                     f"{first['vs_steady']:.2f}x",
+                     f"{first['seconds'] - first['steady_seconds']:.2f} s", f"{cache_fill:.2f} s",
+                     f"{model['synthetic_first_chunk_extra_seconds']:.2f} s"])
+    return _table(["model", "first epoch", "steady epoch", "ratio",
+                   "extra time of the first epoch", "of which: cache filling (pipeline alone)",
+                   "tracing (first chunk on one repeated batch)"], "lrrrrrr", rows)
 
 
 def variants_table(results: dict) -> list[str]:
     """Compile variants, each a steady rate over chunks of steps of the repeated pipeline."""
-    lines = ["| model | steps_per_execution | jit_compile | examples/s (median) | "
-             "min–max (spread) | vs TF1 | of peak | vs train.py's default |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    rows = []
     for name, model in results["models"].items():
         defaults = model["defaults"]
         reference = [v["examples_per_sec"] for v in model["variants"]
@@ -130,11 +134,12 @@ def variants_table(results: dict) -> list[str]:
                      and v["jit_compile"] == defaults["jit_compile"]]
         for v in model["variants"]:
             relative = v["examples_per_sec"] / reference[0] if reference else None
-            lines.append(f"| {name} | {v['steps_per_execution']} | {v['jit_compile']} | "
-                         f"{_rate(v['examples_per_sec'])} | {_range(v)} | "
-                         f"{_ratio(v['vs_tf1'])} | {_share(v['peak_fraction'])} | "
-                         f"{_ratio(relative)} |")
-    return lines
+            rows.append([name, str(v["steps_per_execution"]), str(v["jit_compile"]),
+                         _rate(v["examples_per_sec"]), _range(v), _ratio(v["vs_tf1"]),
+                         _share(v["peak_fraction"]), _ratio(relative)])
+    return _table(["model", "steps_per_execution", "jit_compile", "examples/s (median)",
+                   "min–max (spread)", "vs TF1", "of peak", "vs train.py's default"],
+                  "lrlrrrrr", rows)
 
 
 def pipeline_table(results: dict) -> list[str]:
@@ -142,12 +147,11 @@ def pipeline_table(results: dict) -> list[str]:
     rows = {"default (data.make_pipelines)": {"first_pass": pipeline["first_pass"],
                                               "steady": pipeline["train"]},
             **pipeline["alternatives"]}
-    lines = ["| training pipeline | first pass, examples/s | steady, examples/s "
-             "(min–max, spread) |", "|---|---:|---:|"]
-    for name, figs in rows.items():
-        lines.append(f"| {name} | {_rate(figs['first_pass']['examples_per_sec'])} | "
-                     f"{_rate(figs['steady']['examples_per_sec'])} ({_range(figs['steady'])}) |")
-    return lines
+    return _table(["training pipeline", "first pass, examples/s",
+                   "steady, examples/s (min–max, spread)"], "lrr", [
+        [name, _rate(figs["first_pass"]["examples_per_sec"]),
+         f"{_rate(figs['steady']['examples_per_sec'])} ({_range(figs['steady'])})"]
+        for name, figs in rows.items()])
 
 
 def render(results: dict) -> str:
