@@ -23,6 +23,7 @@ from keras_tutorial.errors import UserError
 
 TFDS_DATASETS = ("mnist", "fashion_mnist", "kmnist")
 DATASETS = TFDS_DATASETS + ("synthetic",)
+AUGMENTATIONS = ("none", "flip")
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
@@ -79,6 +80,7 @@ class Pipelines:
     num_test: int
     train_images: tf.Tensor
     train_labels: tf.Tensor
+    augment: str = "none"
 
     def shard_order(self, seed: int, epoch: int, num_shards: int = 1,
                     shard_index: int = 0) -> tf.Tensor:
@@ -98,9 +100,18 @@ class Pipelines:
         shard = self.shard_order(seed, epoch, num_shards, shard_index)
         num_batches = len(shard) // batch_size
         batches = tf.reshape(shard[:num_batches * batch_size], [num_batches, batch_size])
-        images, labels = self.train_images, self.train_labels
-        return (tf.data.Dataset.from_tensor_slices(batches[skip_batches:])
-                .map(lambda indices: (tf.gather(images, indices), tf.gather(labels, indices)))
+        epoch_seed = tf.random.experimental.stateless_fold_in([seed, epoch], shard_index)
+
+        def gather(batch_index: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            images = tf.gather(self.train_images, indices)
+            if self.augment == "flip":
+                images = tf.image.stateless_random_flip_left_right(
+                    images, tf.random.experimental.stateless_fold_in(epoch_seed, batch_index))
+            return images, tf.gather(self.train_labels, indices)
+
+        return (tf.data.Dataset.from_tensor_slices(
+                    (tf.range(skip_batches, num_batches), batches[skip_batches:]))
+                .map(gather)
                 .prefetch(tf.data.AUTOTUNE))
 
 
@@ -311,12 +322,17 @@ def load_first_available(candidates: list[tuple[str, str | None]], max_examples:
 
 
 def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
-                   validation_size: int = 5000) -> Pipelines:
+                   validation_size: int = 5000, augment: str = "none") -> Pipelines:
     """Builds the three pipelines; validation is the first `validation_size` training examples.
 
     Training data follows the TFDS guide's order: cache, shuffle over the whole split (seeded,
     reshuffled every epoch), batch, prefetch. Evaluation keeps its last partial batch.
+    `augment="flip"` mirrors a random half of each training batch left to right, which keeps
+    a garment's (not a digit's) label.
     """
+    if augment not in AUGMENTATIONS:
+        raise DataError(f"unknown augmentation '{augment}', expected one of "
+                        f"{', '.join(AUGMENTATIONS)}")
     num_train_total = len(arrays.x_train)
     if not 0 <= validation_size < num_train_total:
         raise DataError(f"validation size {validation_size} must be in [0, {num_train_total}) "
@@ -327,8 +343,11 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
     train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
              .cache()
              .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
-             .batch(batch_size)
-             .prefetch(tf.data.AUTOTUNE))
+             .batch(batch_size))
+    if augment == "flip":
+        train = train.map(lambda images, labels: (
+            tf.image.random_flip_left_right(images, seed=seed), labels))
+    train = train.prefetch(tf.data.AUTOTUNE)
 
     def evaluation(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(
@@ -339,4 +358,4 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
         validation=evaluation(x_val, y_val) if validation_size else None,
         test=evaluation(arrays.x_test, arrays.y_test),
         num_train=len(x_train), num_validation=validation_size, num_test=len(arrays.x_test),
-        train_images=tf.constant(x_train), train_labels=tf.constant(y_train))
+        train_images=tf.constant(x_train), train_labels=tf.constant(y_train), augment=augment)

@@ -34,10 +34,12 @@ MODEL_DEFAULTS = {
     "lstm": {"epochs": 20, "learning_rate": 2e-3, "steps_per_execution": 4},
 }
 SGD_LEARNING_RATE = 0.05
+AUGMENT_CHOICES = ("auto",) + data.AUGMENTATIONS
+MIRROR_SAFE_DATASETS = ("fashion_mnist",)
 REFERENCE_BATCH_SIZE = 128
 # Settings that must match for a workdir's backup to be resumed.
 RUN_IDENTITY = ("model", "dataset", "epochs", "batch_size", "learning_rate", "optimizer", "loss",
-                "activation", "pooling", "batch_norm", "seed", "validation_size", "max_examples")
+                "activation", "pooling", "batch_norm", "augment", "seed", "validation_size", "max_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,7 @@ class TrainConfig:
     activation: str = "relu"
     pooling: str = "max"
     batch_norm: bool = True
+    augment: str = "auto"
     seed: int = 0
     validation_size: int = 5000
     max_examples: int = 0
@@ -87,9 +90,13 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise UserError(f"unknown {name} '{getattr(self, name)}', expected one of "
                                 f"{', '.join(choices)}")
+        if self.augment not in AUGMENT_CHOICES:
+            raise UserError(f"unknown augment '{self.augment}', expected one of "
+                            f"{', '.join(AUGMENT_CHOICES)}")
         defaults = MODEL_DEFAULTS[self.model]
         return dataclasses.replace(
             self,
+            augment=default_augmentation(self.dataset) if self.augment == "auto" else self.augment,
             epochs=self.epochs or defaults["epochs"],
             learning_rate=self.learning_rate or scaled_learning_rate(
                 defaults["learning_rate"] if self.optimizer == "adam" else SGD_LEARNING_RATE,
@@ -97,6 +104,11 @@ class TrainConfig:
             steps_per_execution=self.steps_per_execution or defaults["steps_per_execution"],
             workdir=self.workdir or os.path.join("runs", f"{self.model}-{self.dataset}"),
             export_dir=self.export_dir or os.path.join("saved_models", self.model))
+
+
+def default_augmentation(dataset: str) -> str:
+    """Mirror images only where a mirrored example keeps its label: garments, not characters."""
+    return "flip" if dataset in MIRROR_SAFE_DATASETS else "none"
 
 
 def scaled_learning_rate(base: float, optimizer: str, batch_size: int) -> float:
@@ -204,7 +216,8 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
     chief = cluster.is_chief
 
     arrays = data.load_arrays(config.dataset, config.data_dir, config.max_examples, config.seed)
-    pipelines = data.make_pipelines(arrays, config.batch_size, config.seed, config.validation_size)
+    pipelines = data.make_pipelines(arrays, config.batch_size, config.seed, config.validation_size,
+                                    config.augment)
     logging.info("Data: %s; %d train, %d validation, %d test examples", arrays.source,
                  pipelines.num_train, pipelines.num_validation, pipelines.num_test)
     os.makedirs(config.workdir, exist_ok=True)
@@ -283,6 +296,7 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
         "learning_rate": config.learning_rate,
         "optimizer": config.optimizer,
         "loss": config.loss,
+        "augment": config.augment,
         "seed": config.seed,
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
@@ -343,6 +357,9 @@ flags.DEFINE_enum("loss", "cross_entropy", LOSSES, "Loss on the softmax output."
 flags.DEFINE_enum("activation", "relu", models.ACTIVATIONS, "Hidden activation (mlp and cnn).")
 flags.DEFINE_enum("pooling", "max", models.POOLINGS, "Pooling (cnn).")
 flags.DEFINE_bool("batch_norm", True, "Batch normalisation after each convolution (cnn).")
+flags.DEFINE_enum("augment", "auto", AUGMENT_CHOICES, "Training-time augmentation. flip: mirror "
+                  "a random half of each batch; auto: flip on fashion_mnist, whose garments "
+                  "keep their class when mirrored, none on digits and characters.")
 flags.DEFINE_integer("seed", 0, "Seed for initial weights, dropout and shuffling.")
 flags.DEFINE_integer("validation_size", 5000,
                      "Training examples held out for validation (0: none).", lower_bound=0)

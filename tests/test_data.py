@@ -229,3 +229,28 @@ def test_first_available_source_falls_through_to_the_next(tmp_path, idx_dir, cap
     assert "(mnist not available: data directory" in capsys.readouterr().out
     with pytest.raises(data.DataError, match="does not exist"):
         data.load_first_available([("kmnist", str(tmp_path / "missing"))])
+
+
+def test_flip_mirrors_about_half_of_each_epoch_reproducibly(small_arrays):
+    plain = data.make_pipelines(small_arrays, batch_size=50, seed=0, validation_size=100)
+    flipped = data.make_pipelines(small_arrays, batch_size=50, seed=0, validation_size=100,
+                                  augment="flip")
+
+    def epoch(pipelines, skip=0):
+        batches = list(pipelines.epoch(50, seed=3, epoch=1, skip_batches=skip))
+        return (np.concatenate([images.numpy() for images, _ in batches]),
+                np.concatenate([labels.numpy() for _, labels in batches]))
+
+    (original, labels), (augmented, augmented_labels) = epoch(plain), epoch(flipped)
+    np.testing.assert_array_equal(augmented_labels, labels)
+    mirrored = np.all(augmented == original[:, :, ::-1], axis=(1, 2, 3))
+    unchanged = np.all(augmented == original, axis=(1, 2, 3))
+    assert np.all(mirrored | unchanged)
+    assert 0.35 < mirrored.mean() < 0.65
+    np.testing.assert_array_equal(epoch(flipped)[0], augmented)
+    np.testing.assert_array_equal(epoch(flipped, skip=4)[0], augmented[200:])
+
+
+def test_unknown_augmentation_is_an_error(small_arrays):
+    with pytest.raises(data.DataError, match="unknown augmentation 'rotate', expected one of"):
+        data.make_pipelines(small_arrays, batch_size=32, seed=0, augment="rotate")

@@ -37,6 +37,13 @@ def test_learns_far_above_chance(tmp_path, model, loss, batch_size, epochs):
         assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
 
 
+@pytest.mark.parametrize("dataset, augment", [
+    ("fashion_mnist", "flip"), ("mnist", "none"), ("kmnist", "none"), ("synthetic", "none")])
+def test_images_are_mirrored_by_default_only_where_labels_survive_it(dataset, augment):
+    assert train.TrainConfig(model="cnn", dataset=dataset).resolved().augment == augment
+    assert train.TrainConfig(dataset=dataset, augment="none").resolved().augment == "none"
+
+
 def test_cli_end_to_end_on_idx_files(tmp_path, idx_dir, small_arrays):
     result = _cli("--model=mlp", "--dataset=fashion_mnist", f"--data_dir={idx_dir}",
                   "--epochs=2", "--validation_size=100", cwd=tmp_path)
@@ -62,6 +69,7 @@ def test_cli_end_to_end_on_idx_files(tmp_path, idx_dir, small_arrays):
     ("--epochs=0", "flag --epochs=0: 0 is not a positive integer"),
     ("--batch_size=-5", "flag --batch_size=-5: -5 is not a positive integer"),
     ("--data_dir=/no/such/dir", "error: data directory /no/such/dir does not exist"),
+    ("--augment=rotate", "flag --augment=rotate: value should be one of <auto|none|flip>"),
 ])
 def test_bad_flags_exit_non_zero_with_one_clear_line(tmp_path, flag, message):
     result = _cli(flag, cwd=tmp_path)
