@@ -311,7 +311,7 @@ def compile_variants(name: str, settings: Settings, arrays: data.Arrays) -> list
     short = data.make_pipelines(
         dataclasses.replace(arrays, x_train=arrays.x_train[:keep], y_train=arrays.y_train[:keep]),
         settings.batch_size, settings.seed, sizes.validation_size,
-        train.default_augmentation(settings.dataset))
+        train_config(name, settings).augment)
     results = []
     for steps_per_execution, jit_compile in settings.variants:
         log(f"{name}: steps_per_execution={steps_per_execution} jit_compile={jit_compile}")
@@ -357,7 +357,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
     """Every raw measurement of one model."""
     sizes, batch_size = settings.sizes, settings.batch_size
     pipelines = data.make_pipelines(arrays, batch_size, settings.seed, sizes.validation_size,
-                                    train.default_augmentation(settings.dataset))
+                                    train_config(name, settings).augment)
     steps_per_epoch = math.ceil(pipelines.num_train / batch_size)
     log(f"{name}: training on the pipeline, then serving")
     first, steady, model = train_on_pipeline(name, settings, pipelines)
@@ -388,8 +388,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
 def pipeline_variants(settings: Settings, arrays: data.Arrays) -> dict[str, tf.data.Dataset]:
     """The training loop's pipeline, and the tf.data-shuffled one that Keras `fit` users get."""
     pipelines = data.make_pipelines(arrays, settings.batch_size, settings.seed,
-                                    settings.sizes.validation_size,
-                                    train.default_augmentation(settings.dataset))
+                                    settings.sizes.validation_size)
     return {
         "default (Pipelines.epoch, as the training loop reads it)":
             pipelines.epoch(settings.batch_size, settings.seed, epoch=0),

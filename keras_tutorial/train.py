@@ -29,9 +29,9 @@ LOSSES = ("cross_entropy", "mean_squared_error")
 # Per-model defaults, tuned so that `--model=M` alone reaches the accuracies in README.md.
 # Learning rates are for a global batch of REFERENCE_BATCH_SIZE (see `scaled_learning_rate`).
 MODEL_DEFAULTS = {
-    "mlp": {"epochs": 20, "learning_rate": 1e-3, "steps_per_execution": 16},
-    "cnn": {"epochs": 15, "learning_rate": 1e-3, "steps_per_execution": 4},
-    "lstm": {"epochs": 20, "learning_rate": 2e-3, "steps_per_execution": 4},
+    "mlp": {"epochs": 20, "learning_rate": 1e-3, "steps_per_execution": 16, "augment": "none"},
+    "cnn": {"epochs": 15, "learning_rate": 2e-3, "steps_per_execution": 4, "augment": "flip"},
+    "lstm": {"epochs": 20, "learning_rate": 2e-3, "steps_per_execution": 4, "augment": "none"},
 }
 SGD_LEARNING_RATE = 0.05
 AUGMENT_CHOICES = ("auto",) + data.AUGMENTATIONS
@@ -96,7 +96,8 @@ class TrainConfig:
         defaults = MODEL_DEFAULTS[self.model]
         return dataclasses.replace(
             self,
-            augment=default_augmentation(self.dataset) if self.augment == "auto" else self.augment,
+            augment=(default_augmentation(self.model, self.dataset) if self.augment == "auto"
+                     else self.augment),
             epochs=self.epochs or defaults["epochs"],
             learning_rate=self.learning_rate or scaled_learning_rate(
                 defaults["learning_rate"] if self.optimizer == "adam" else SGD_LEARNING_RATE,
@@ -106,9 +107,10 @@ class TrainConfig:
             export_dir=self.export_dir or os.path.join("saved_models", self.model))
 
 
-def default_augmentation(dataset: str) -> str:
-    """Mirror images only where a mirrored example keeps its label: garments, not characters."""
-    return "flip" if dataset in MIRROR_SAFE_DATASETS else "none"
+def default_augmentation(model: str, dataset: str) -> str:
+    """The model's own augmentation where a mirrored example keeps its label (garments, not
+    digits or characters), else none."""
+    return MODEL_DEFAULTS[model]["augment"] if dataset in MIRROR_SAFE_DATASETS else "none"
 
 
 def scaled_learning_rate(base: float, optimizer: str, batch_size: int) -> float:
@@ -358,8 +360,8 @@ flags.DEFINE_enum("activation", "relu", models.ACTIVATIONS, "Hidden activation (
 flags.DEFINE_enum("pooling", "max", models.POOLINGS, "Pooling (cnn).")
 flags.DEFINE_bool("batch_norm", True, "Batch normalisation after each convolution (cnn).")
 flags.DEFINE_enum("augment", "auto", AUGMENT_CHOICES, "Training-time augmentation. flip: mirror "
-                  "a random half of each batch; auto: flip on fashion_mnist, whose garments "
-                  "keep their class when mirrored, none on digits and characters.")
+                  "a random half of each batch; auto: flip for the cnn on fashion_mnist, whose "
+                  "garments keep their class when mirrored, else none.")
 flags.DEFINE_integer("seed", 0, "Seed for initial weights, dropout and shuffling.")
 flags.DEFINE_integer("validation_size", 5000,
                      "Training examples held out for validation (0: none).", lower_bound=0)

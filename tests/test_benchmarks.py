@@ -116,7 +116,8 @@ def test_readme_section_is_replaced_and_prose_kept(tiny_run):
 
 @pytest.mark.parametrize("name, macs", [
     ("mlp", 784 * 256 + 256 * 10),
-    ("cnn", 26 * 26 * 9 * 32 + 11 * 11 * 9 * 32 * 64 + 1600 * 128 + 128 * 10),
+    ("cnn", 26 * 26 * 9 * 32 + 11 * 11 * 9 * 32 * 64 + 3 * 3 * 9 * 64 * 128 + 1152 * 128
+     + 128 * 10),
     ("lstm", 28 * 4 * 128 * (28 + 128) + 128 * 10),
 ])
 def test_flops_counts_multiply_adds_of_dense_conv_and_lstm(name, macs):

@@ -8,6 +8,9 @@ from keras_tutorial import models
 TUTORIAL_MLP_PARAMS = 203_530
 # LSTM: 4 gates * (28 inputs + 128 state + 1 bias) * 128 units, then 128*10 + 10 logits.
 LSTM_PARAMS = 4 * (28 + 128 + 1) * 128 + 1_290
+# CNN: 3x3 kernels 1->32->64->128 (no biases: batch norm's 2 weights and 2 statistics per
+# channel replace them), the 3x3x128 map flattened into 128 units, then 10 logits.
+CNN_PARAMS = 9 * (1 * 32 + 32 * 64 + 64 * 128) + 4 * (32 + 64 + 128) + 1_152 * 128 + 128 + 1_290
 
 
 @pytest.mark.parametrize("name", models.MODELS)
@@ -23,6 +26,8 @@ def test_raw_pixels_in_logits_out(name):
 def test_parameter_counts():
     assert models.build("mlp").count_params() == TUTORIAL_MLP_PARAMS
     assert models.build("lstm").count_params() == LSTM_PARAMS
+    assert models.build("cnn").count_params() == CNN_PARAMS
+    assert models.build("cnn").get_layer("flatten").output.shape == (None, 3 * 3 * 128)
     assert models.mlp(hidden_units=(64, 32)).count_params() == 784 * 64 + 64 + 64 * 32 + 32 + 330
 
 

@@ -37,11 +37,13 @@ def test_learns_far_above_chance(tmp_path, model, loss, batch_size, epochs):
         assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
 
 
-@pytest.mark.parametrize("dataset, augment", [
-    ("fashion_mnist", "flip"), ("mnist", "none"), ("kmnist", "none"), ("synthetic", "none")])
-def test_images_are_mirrored_by_default_only_where_labels_survive_it(dataset, augment):
-    assert train.TrainConfig(model="cnn", dataset=dataset).resolved().augment == augment
-    assert train.TrainConfig(dataset=dataset, augment="none").resolved().augment == "none"
+@pytest.mark.parametrize("model, dataset, augment", [
+    ("cnn", "fashion_mnist", "flip"), ("cnn", "mnist", "none"), ("cnn", "kmnist", "none"),
+    ("cnn", "synthetic", "none"), ("lstm", "fashion_mnist", "none")])
+def test_images_are_mirrored_by_default_only_where_labels_survive_it(model, dataset, augment):
+    assert train.TrainConfig(model=model, dataset=dataset).resolved().augment == augment
+    assert train.TrainConfig(model=model, dataset=dataset,
+                             augment="none").resolved().augment == "none"
 
 
 def test_cli_end_to_end_on_idx_files(tmp_path, idx_dir, small_arrays):
