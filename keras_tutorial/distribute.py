@@ -21,8 +21,8 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "true", "false")
 
 # XLA per model and device kind. Measured on the 2-core CPU machine in the training loop
-# (benchmarks/README.md): the MLP drops to 0.75-0.87x, the CNN to 0.45x, the LSTM gains
-# 1.09-1.18x (full epochs: 3,187 vs 2,716 examples/s). On accelerators XLA fuses the many small
+# (benchmarks/README.md): the MLP drops to 0.73-0.87x, the CNN to 0.42-0.47x, the LSTM gains
+# 1.09-1.47x (full epochs: 3,187 vs 2,716 examples/s). On accelerators XLA fuses the many small
 # ops; the LSTM stays off it on GPUs, where it would lose the fused cuDNN kernel.
 JIT_WHEN_AUTO = {
     "cpu": {"mlp": False, "cnn": False, "lstm": True},
