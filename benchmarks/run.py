@@ -7,7 +7,8 @@ Sections: the float32 matmul peak and the TF1 baseline (bracketing the run: meas
 start and again at the end, then pooled); per model, training through the loop that
 `train.run` drives (`loop.Trainer` on `data.py`'s pipeline: first epoch and steady epochs),
 training with Keras `fit` on one repeated batch (the model's cost without any pipeline),
-loop variants (`steps_per_execution`, XLA) and serving from an exported SavedModel; the input pipeline alone, with alternatives.
+loop variants (`steps_per_execution`, XLA) and serving from an exported SavedModel; the input
+pipeline alone, with alternatives.
 Every figure is a median of repeats with its spread, a ratio to the TF1 baseline and, where
 it does arithmetic, a fraction of the peak.
 """
@@ -356,20 +357,19 @@ def serving_rates(model: keras.Model, config: train.TrainConfig, images: np.ndar
 def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
     """Every raw measurement of one model."""
     sizes, batch_size = settings.sizes, settings.batch_size
+    config = train_config(name, settings)
     pipelines = data.make_pipelines(arrays, batch_size, settings.seed, sizes.validation_size,
-                                    train_config(name, settings).augment)
+                                    config.augment)
     steps_per_epoch = math.ceil(pipelines.num_train / batch_size)
     log(f"{name}: training on the pipeline, then serving")
     first, steady, model = train_on_pipeline(name, settings, pipelines)
     log(f"  first epoch {first:,.0f}, steady {statistics.median(steady):,.0f} examples/s")
-    latency, throughput = serving_rates(model, train_config(name, settings), arrays.x_test,
-                                        sizes)
+    latency, throughput = serving_rates(model, config, arrays.x_test, sizes)
     log(f"{name}: training on one repeated batch")
     synthetic_model = compiled_model(name, settings, steps_per_epoch)
     synthetic_first, synthetic = train_in_chunks(
         synthetic_model, one_repeated_batch(arrays, batch_size), batch_size, sizes.chunk_steps,
         sizes.repeats)
-    config = train_config(name, settings)
     return {
         "forward_flops": flops.forward_flops(model),
         "defaults": {"steps_per_execution": config.steps_per_execution,

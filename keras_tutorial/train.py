@@ -39,7 +39,8 @@ MIRROR_SAFE_DATASETS = ("fashion_mnist",)
 REFERENCE_BATCH_SIZE = 128
 # Settings that must match for a workdir's backup to be resumed.
 RUN_IDENTITY = ("model", "dataset", "epochs", "batch_size", "learning_rate", "optimizer", "loss",
-                "activation", "pooling", "batch_norm", "augment", "seed", "validation_size", "max_examples")
+                "activation", "pooling", "batch_norm", "augment", "seed", "validation_size",
+                "max_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +87,11 @@ class TrainConfig:
             raise UserError(f"backup_every_steps must be 0 or more, got {self.backup_every_steps}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
-        for name, choices in (("optimizer", OPTIMIZERS), ("loss", LOSSES)):
+        for name, choices in (("optimizer", OPTIMIZERS), ("loss", LOSSES),
+                              ("augment", AUGMENT_CHOICES)):
             if getattr(self, name) not in choices:
                 raise UserError(f"unknown {name} '{getattr(self, name)}', expected one of "
                                 f"{', '.join(choices)}")
-        if self.augment not in AUGMENT_CHOICES:
-            raise UserError(f"unknown augment '{self.augment}', expected one of "
-                            f"{', '.join(AUGMENT_CHOICES)}")
         defaults = MODEL_DEFAULTS[self.model]
         return dataclasses.replace(
             self,
