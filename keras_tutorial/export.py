@@ -13,6 +13,7 @@ dynamic-range quantised, and checks both against the SavedModel on the test spli
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -20,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+from typing import Iterator
 import warnings
 
 from absl import app, flags
@@ -150,6 +152,18 @@ def _directory_mode() -> int:
     return 0o777 & ~umask
 
 
+@contextlib.contextmanager
+def _staging_directory(parent: str) -> Iterator[str]:
+    """A hidden directory in `parent` to write into and rename into place, so that readers
+    never see a half-written result; removed on the way out if it was not renamed."""
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=parent)
+    try:
+        os.chmod(staging, _directory_mode())
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def export_model(model: keras.Model, export_dir: str, metadata: dict | None = None,
                  class_names: tuple[str, ...] | None = None) -> str:
     """Writes the model as the next version under `export_dir` and returns that version's path.
@@ -165,8 +179,7 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
         raise ExportError(f"export directory {export_dir} exists and is not a directory")
     os.makedirs(export_dir, exist_ok=True)
     _remove_abandoned_staging(export_dir)
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=export_dir)
-    try:
+    with _staging_directory(export_dir) as staging:
         model = serving_copy(model)
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -180,7 +193,6 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
                 "tensorflow_version": tf.__version__, "keras_version": keras.__version__}
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
-        os.chmod(staging, _directory_mode())
         while True:
             existing = versions(export_dir)
             target = os.path.join(export_dir, str(existing[-1] + 1 if existing else 1))
@@ -190,8 +202,6 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
             except OSError:
                 if not os.path.isdir(target):
                     raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def version_path(export_dir: str, version: int | None = None) -> str:
@@ -332,18 +342,13 @@ def write_tflite(export_dir: str, version: int | None = None, dataset: str | Non
     saved_classes = classify_arrays(loaded.signatures["serving_default"], images)["classes"]
     report = check_tflite(converted, saved_classes, images, labels)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-",
-                               dir=os.path.dirname(target))
-    try:
+    with _staging_directory(os.path.dirname(target)) as staging:
         for variant, content in converted.items():
             with open(os.path.join(staging, f"{variant}.tflite"), "wb") as f:
                 f.write(content)
         with open(os.path.join(staging, "tflite_info.json"), "w") as f:
             json.dump({"saved_model": path, **report}, f, indent=2)
-        os.chmod(staging, _directory_mode())
         os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target, report
 
 
