@@ -12,6 +12,8 @@ import math
 
 import keras
 
+from keras_tutorial import models
+
 TRAINING_TO_FORWARD = 3
 
 
@@ -38,6 +40,13 @@ def _layer_macs(layer: keras.layers.Layer) -> int:
 def forward_flops(model: keras.Model) -> int:
     """FLOPs of one example's forward pass (2 per multiply-add of Dense, Conv2D, LSTM)."""
     return 2 * sum(_layer_macs(layer) for layer in model.layers)
+
+
+def serving_flops(model: keras.Model) -> int:
+    """FLOPs of classifying one example: two forward passes where the model also reads the
+    mirror image (`models.AppendMirrors`), else one."""
+    mirrors = any(isinstance(layer, models.AppendMirrors) for layer in model.layers)
+    return forward_flops(model) * (2 if mirrors else 1)
 
 
 def tutorial_mlp_forward_flops() -> int:

@@ -264,7 +264,7 @@ def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs:
         jit_compile = distribute.choose_jit(config.jit_compile, name, "cpu")
     strategy = tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
-    model = models.build(name, activation=config.activation, pooling=config.pooling)
+    model = train.build_model(config)
     decay_steps = epochs * loop.steps_per_epoch(pipelines.num_train, settings.batch_size, 1)
     optimizer = train.make_optimizer(config.optimizer, config.learning_rate, decay_steps)
     with tempfile.TemporaryDirectory() as backup_dir:
@@ -333,7 +333,7 @@ def serving_rates(model: keras.Model, config: train.TrainConfig, images: np.ndar
     The trained weights are exported from an uncompiled twin of the model, as `train.run`
     exports its (uncompiled) model.
     """
-    twin = models.build(config.model, activation=config.activation, pooling=config.pooling)
+    twin = train.build_model(config)
     twin.set_weights(model.get_weights())
     with tempfile.TemporaryDirectory() as export_dir:
         path = export.export_model(twin, export_dir)
@@ -372,6 +372,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
         sizes.repeats)
     return {
         "forward_flops": flops.forward_flops(model),
+        "serving_flops": flops.serving_flops(model),
         "defaults": {"steps_per_execution": config.steps_per_execution,
                      "jit_compile": distribute.choose_jit(config.jit_compile, name, "cpu")},
         "epoch_examples": pipelines.num_train,
@@ -439,15 +440,15 @@ def versions() -> dict:
 
 def model_figures(raw: dict, baselines: dict[str, float], peak: float) -> dict:
     """One model's raw rates as figures; training counts 3x the forward FLOPs."""
-    forward = raw["forward_flops"]
+    forward, serving = raw["forward_flops"], raw["serving_flops"]
     training = flops.TRAINING_TO_FORWARD * forward
     first = figure([raw["first_epoch"]], "tf1_train", baselines, training, peak)
     steady = figure(raw["train"], "tf1_train", baselines, training, peak)
     synthetic = figure(raw["synthetic"], "tf1_train", baselines, training, peak)
     first_chunk_s = raw["chunk_examples"] / raw["synthetic_first_chunk"]
-    latency = figure(raw["serve_latency"], "tf1_latency", baselines, forward, peak)
+    latency = figure(raw["serve_latency"], "tf1_latency", baselines, serving, peak)
     return {
-        "flops_per_example": {"forward": forward, "training": training},
+        "flops_per_example": {"forward": forward, "training": training, "serving": serving},
         "defaults": raw["defaults"],
         "train": steady,
         "first_epoch": {**first, "seconds": raw["epoch_examples"] / raw["first_epoch"],
@@ -459,7 +460,7 @@ def model_figures(raw: dict, baselines: dict[str, float], peak: float) -> dict:
         "serve_latency": {**latency,
                           "latency_ms": 1000 / latency["examples_per_sec"]},
         "serve_throughput": figure(raw["serve_throughput"], "tf1_throughput", baselines,
-                                   forward, peak),
+                                   serving, peak),
         "variants": [{"steps_per_execution": v["steps_per_execution"],
                       "jit_compile": v["jit_compile"],
                       **figure(v["rates"], "tf1_train", baselines, training, peak)}

@@ -149,13 +149,19 @@ def make_optimizer(name: str, learning_rate: float, decay_steps: int,
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
 
 
+def build_model(config: TrainConfig) -> keras.Model:
+    """The model of a resolved `config`; one trained on mirrored images averages its
+    predictions over each image and its mirror."""
+    return models.build(config.model, activation=config.activation, pooling=config.pooling,
+                        batch_norm=config.batch_norm, average_mirrors=config.augment == "flip")
+
+
 def build_compiled_model(config: TrainConfig, steps_per_epoch: int) -> keras.Model:
     """The model of a resolved `config`, compiled for Keras `fit` as training would run it.
 
     For notebooks and benchmarks that use `fit`; `run` itself uses the resumable loop.
     """
-    model = models.build(config.model, activation=config.activation, pooling=config.pooling,
-                         batch_norm=config.batch_norm)
+    model = build_model(config)
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.learning_rate,
                                  config.epochs * steps_per_epoch),
@@ -235,8 +241,7 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
     decay_steps = config.epochs * loop.steps_per_epoch(
         pipelines.num_train, config.batch_size, cluster.num_workers)
     with strategy.scope():
-        model = models.build(config.model, activation=config.activation, pooling=config.pooling,
-                         batch_norm=config.batch_norm)
+        model = build_model(config)
         optimizer = make_optimizer(config.optimizer, config.learning_rate, max(decay_steps, 1),
                                    loss_scaling=precision == "mixed_float16")
     trainer = loop.Trainer(strategy, model, optimizer, make_loss(config.loss), pipelines,
@@ -359,7 +364,8 @@ flags.DEFINE_enum("activation", "relu", models.ACTIVATIONS, "Hidden activation (
 flags.DEFINE_enum("pooling", "max", models.POOLINGS, "Pooling (cnn).")
 flags.DEFINE_bool("batch_norm", True, "Batch normalisation after each convolution (cnn).")
 flags.DEFINE_enum("augment", "auto", AUGMENT_CHOICES, "Training-time augmentation. flip: mirror "
-                  "a random half of each batch; auto: flip for the cnn on fashion_mnist, whose "
+                  "a random half of each batch, and predict with the mean of the logits of each "
+                  "image and its mirror; auto: flip for the cnn on fashion_mnist, whose "
                   "garments keep their class when mirrored, else none.")
 flags.DEFINE_integer("seed", 0, "Seed for initial weights, dropout and shuffling.")
 flags.DEFINE_integer("validation_size", 5000,

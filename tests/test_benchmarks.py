@@ -124,6 +124,12 @@ def test_flops_counts_multiply_adds_of_dense_conv_and_lstm(name, macs):
     assert flops.forward_flops(models.build(name)) == 2 * macs
 
 
+def test_serving_counts_two_passes_where_the_model_reads_mirrors():
+    plain, averaging = models.build("cnn"), models.build("cnn", average_mirrors=True)
+    assert flops.forward_flops(averaging) == flops.forward_flops(plain)
+    assert flops.serving_flops(averaging) == 2 * flops.serving_flops(plain)
+
+
 def test_bad_flag_is_one_line_and_non_zero_exit():
     result = _runner("--models=resnet")
     assert result.returncode == 2

@@ -156,6 +156,17 @@ def test_lstm_exports_unrolled_and_converts_to_builtin_tflite(tmp_path, bordered
     np.testing.assert_allclose(tflite["probabilities"], expected, atol=1e-5)
 
 
+def test_mirror_averaging_cnn_serves_and_converts_as_it_predicts(tmp_path, bordered_arrays):
+    cnn = models.build("cnn", average_mirrors=True)
+    path = export.export_model(cnn, str(tmp_path))
+    images = bordered_arrays.x_test[:20]
+    expected = _serve(tf.saved_model.load(path), images)["probabilities"]
+    np.testing.assert_allclose(expected, tf.nn.softmax(cnn(images)).numpy(), atol=1e-6)
+    interpreter = tf.lite.Interpreter(model_content=export.to_tflite(path, "float"))
+    tflite = interpreter.get_signature_runner("serving_default")(images=images)
+    np.testing.assert_allclose(tflite["probabilities"], expected, atol=1e-5)
+
+
 def test_rolled_lstm_saved_model_is_a_clear_tflite_error(tmp_path):
     lstm = models.build("lstm")
     archive = keras.export.ExportArchive()

@@ -31,6 +31,21 @@ def test_parameter_counts():
     assert models.mlp(hidden_units=(64, 32)).count_params() == 784 * 64 + 64 + 64 * 32 + 32 + 330
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_mirror_averaging_model_predicts_the_mean_over_image_and_mirror(name):
+    keras.utils.set_random_seed(0)
+    averaging = models.build(name, average_mirrors=True)
+    plain = models.build(name)
+    plain.set_weights(averaging.get_weights())
+    images = np.random.default_rng(1).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+    expected = (plain(images) + plain(images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(averaging(images), expected, rtol=1e-5, atol=1e-6)
+    assert averaging.count_params() == plain.count_params()
+    if name == "mlp":  # No dropout: training sees each image once, as the plain model would.
+        np.testing.assert_allclose(averaging(images, training=True),
+                                   plain(images, training=True), rtol=1e-5, atol=1e-6)
+
+
 def test_rescaling_is_inside_the_model():
     model = models.build("mlp")
     white = np.full((1, 28, 28, 1), 255, np.uint8)

@@ -41,7 +41,10 @@ def test_learns_far_above_chance(tmp_path, model, loss, batch_size, epochs):
     ("cnn", "fashion_mnist", "flip"), ("cnn", "mnist", "none"), ("cnn", "kmnist", "none"),
     ("cnn", "synthetic", "none"), ("lstm", "fashion_mnist", "none")])
 def test_images_are_mirrored_by_default_only_where_labels_survive_it(model, dataset, augment):
-    assert train.TrainConfig(model=model, dataset=dataset).resolved().augment == augment
+    config = train.TrainConfig(model=model, dataset=dataset).resolved()
+    assert config.augment == augment
+    mirrors = [layer.name for layer in train.build_model(config).layers if "mirrors" in layer.name]
+    assert mirrors == (["append_mirrors", "average_mirrors"] if augment == "flip" else [])
     assert train.TrainConfig(model=model, dataset=dataset,
                              augment="none").resolved().augment == "none"
 
