@@ -103,6 +103,7 @@ class Trainer:
         self._manager = tf.train.CheckpointManager(checkpoint, self._write_dir, max_to_keep=2)
         self._gradients = (tf.function(self._compute_gradients, jit_compile=True)
                            if config.jit_compile else self._compute_gradients)
+        self.trace_seconds = 0.0
 
     @property
     def step(self) -> int:
@@ -176,6 +177,14 @@ class Trainer:
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
+    def _trace(self, iterator) -> None:
+        """Builds the training step's graph before any epoch's clock starts: it is built once
+        per run, and left in the first epoch it would hide that epoch's true speed."""
+        started = time.perf_counter()
+        self._train_steps.get_concrete_function(
+            iterator, tf.constant(self.config.steps_per_execution))
+        self.trace_seconds = time.perf_counter() - started
+
     def _chunks(self, first_step: int):
         """Yields step counts that end on every backup point and at the end of the epoch."""
         epoch_end = (first_step // self.steps_per_epoch + 1) * self.steps_per_epoch
@@ -194,6 +203,8 @@ class Trainer:
         while self.step < self.total_steps:
             epoch, done = divmod(self.step, self.steps_per_epoch)
             iterator = self._epoch_iterator(epoch, skip_steps=done)
+            if not records:
+                self._trace(iterator)
             progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=[
                 "loss", "accuracy"], verbose=1 if self.config.verbose else 0)
             if self.config.verbose:

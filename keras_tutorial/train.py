@@ -313,6 +313,7 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
         "first_epoch_examples_per_sec": examples[0] / seconds[0] if records else None,
         "train_examples_per_sec": (sum(examples[1:]) / sum(seconds[1:])
                                    if len(records) > 1 else None),
+        "trace_seconds": trainer.trace_seconds,
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "workers": cluster.num_workers,
