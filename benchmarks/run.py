@@ -78,6 +78,7 @@ class Settings:
     sizes: Sizes
     output: str  # results.json
     readme: str  # README.md whose results section is rewritten.
+    model_worker: str | None = None  # Set in the subprocess that measures one model.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +121,7 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--readme", default=os.path.join(HERE, "README.md"),
                         help="markdown file whose results section is rewritten")
+    parser.add_argument("--model_worker", choices=models.MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(models.MODELS))
     if unknown or not args.models:
@@ -138,7 +140,7 @@ def parse_settings(argv: list[str]) -> Settings:
         data_dir=args.data_dir or (FASHION_MNIST_DIR if args.dataset == "fashion_mnist" else None),
         batch_size=args.batch_size, seed=args.seed, sizes=sizes,
         variants=tuple((k, j) for k in args.steps_per_execution for j in args.jit_compile),
-        output=args.output, readme=args.readme)
+        output=args.output, readme=args.readme, model_worker=args.model_worker)
 
 
 def log(message: str) -> None:
@@ -189,6 +191,12 @@ def matmul_peak(size: int, chain: int, repeats: int) -> list[float]:
 
 # --- The TF1 baseline -----------------------------------------------------------------------
 
+def _subprocess_env() -> dict[str, str]:
+    """This environment, with the repository on the path so that `-m benchmarks...` runs."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+
+
 def tf1_baseline(settings: Settings) -> dict[str, list[float]]:
     """Examples/s of the TF1 replica, run in a subprocess (graph mode is process-global)."""
     sizes = settings.sizes
@@ -201,9 +209,7 @@ def tf1_baseline(settings: Settings) -> dict[str, list[float]]:
         f"--throughput_batch={SERVING_BATCH}", f"--repeats={sizes.repeats}"]
     if settings.data_dir:
         command.append(f"--data_dir={os.path.abspath(settings.data_dir)}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=_subprocess_env())
     if result.returncode != 0:
         raise RuntimeError(f"TF1 baseline failed: {result.stderr.strip().splitlines()[-1:]}")
     seconds = json.loads(result.stdout.strip().splitlines()[-1])
@@ -255,9 +261,10 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, epochs: int,
 
 def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs: int,
                steps_per_execution: int | None = None, jit_compile: bool | None = None,
-               ) -> tuple[list[float], keras.Model]:
+               ) -> tuple[list[float], keras.Model, float]:
     """Examples/s of each epoch of the loop that `train.run` drives, on this machine's default
-    strategy, with train.py's defaults unless a variant is given; and the trained model."""
+    strategy, with train.py's defaults unless a variant is given; the trained model; and the
+    seconds spent tracing the training step before the first epoch."""
     config = train_config(name, settings)
     steps_per_execution = steps_per_execution or config.steps_per_execution
     if jit_compile is None:
@@ -275,14 +282,16 @@ def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs:
                                    steps_per_execution=steps_per_execution,
                                    jit_compile=jit_compile, verbose=False))
         records = trainer.train(lambda record: None)
-    return [r.steps * settings.batch_size / r.seconds for r in records], model
+    return ([r.steps * settings.batch_size / r.seconds for r in records], model,
+            trainer.trace_seconds)
 
 
 def train_on_pipeline(name: str, settings: Settings, pipelines: data.Pipelines,
-                      ) -> tuple[float, list[float], keras.Model]:
-    """Examples/s of the first epoch and of `repeats` later (steady) epochs, full epochs."""
-    rates, model = loop_rates(name, settings, pipelines, 1 + settings.sizes.repeats)
-    return rates[0], rates[1:], model
+                      ) -> tuple[float, list[float], keras.Model, float]:
+    """Examples/s of the first epoch and of `repeats` later (steady) epochs, full epochs; the
+    model; the seconds of tracing before the first epoch."""
+    rates, model, trace_seconds = loop_rates(name, settings, pipelines, 1 + settings.sizes.repeats)
+    return rates[0], rates[1:], model, trace_seconds
 
 
 def chunk_steps(model: keras.Model, steps: int) -> int:
@@ -316,7 +325,7 @@ def compile_variants(name: str, settings: Settings, arrays: data.Arrays) -> list
     results = []
     for steps_per_execution, jit_compile in settings.variants:
         log(f"{name}: steps_per_execution={steps_per_execution} jit_compile={jit_compile}")
-        rates, _ = loop_rates(name, settings, short, 1 + sizes.repeats, steps_per_execution,
+        rates, _, _ = loop_rates(name, settings, short, 1 + sizes.repeats, steps_per_execution,
                               jit_compile)
         log(f"  {statistics.median(rates[1:]):,.0f} examples/s")
         results.append({"steps_per_execution": steps_per_execution,
@@ -362,7 +371,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
                                     config.augment)
     steps_per_epoch = math.ceil(pipelines.num_train / batch_size)
     log(f"{name}: training on the pipeline, then serving")
-    first, steady, model = train_on_pipeline(name, settings, pipelines)
+    first, steady, model, trace_seconds = train_on_pipeline(name, settings, pipelines)
     log(f"  first epoch {first:,.0f}, steady {statistics.median(steady):,.0f} examples/s")
     latency, throughput = serving_rates(model, config, arrays.x_test, sizes)
     log(f"{name}: training on one repeated batch")
@@ -377,11 +386,46 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
                      "jit_compile": distribute.choose_jit(config.jit_compile, name, "cpu")},
         "epoch_examples": pipelines.num_train,
         "chunk_examples": chunk_steps(synthetic_model, sizes.chunk_steps) * batch_size,
-        "first_epoch": first, "train": steady,
+        "first_epoch": first, "trace_seconds": trace_seconds, "train": steady,
         "synthetic_first_chunk": synthetic_first, "synthetic": synthetic,
         "serve_latency": latency, "serve_throughput": throughput,
         "variants": compile_variants(name, settings, arrays),
     }
+
+
+def measure_model_worker(settings: Settings) -> dict:
+    """In the model's own process: its threads as train.py would set them, then every raw
+    measurement of it."""
+    name = settings.model_worker
+    threads = distribute.choose_intra_op_threads(None, name, distribute.has_accelerator())
+    distribute.set_intra_op_threads(threads, required=True)
+    arrays = data.load_arrays(settings.dataset, settings.data_dir, settings.sizes.max_examples,
+                              settings.seed)
+    return {**benchmark_model(name, settings, arrays), "intra_op_threads": threads}
+
+
+def model_in_subprocess(name: str, settings: Settings) -> dict:
+    """Every raw measurement of one model, taken in a fresh process: threads per op are set
+    per model (`distribute.INTRA_OP_THREADS_ON_CPU`) and only before TensorFlow starts."""
+    ks = list(dict.fromkeys(k for k, _ in settings.variants))
+    jits = list(dict.fromkeys(str(j).lower() for _, j in settings.variants))
+    with tempfile.TemporaryDirectory() as scratch:
+        raw_path = os.path.join(scratch, "raw.json")
+        command = [
+            sys.executable, "-m", "benchmarks.run", f"--model_worker={name}",
+            f"--dataset={settings.dataset}", f"--batch_size={settings.batch_size}",
+            f"--seed={settings.seed}", f"--repeats={settings.sizes.repeats}",
+            f"--steps_per_execution={','.join(map(str, ks))}",
+            f"--jit_compile={','.join(jits)}", f"--output={raw_path}"]
+        if settings.data_dir:
+            command.append(f"--data_dir={os.path.abspath(settings.data_dir)}")
+        if settings.sizes == TINY:
+            command.append("--tiny")
+        result = subprocess.run(command, env=_subprocess_env())
+        if result.returncode != 0:
+            raise RuntimeError(f"measuring {name} failed (exit status {result.returncode})")
+        with open(raw_path) as f:
+            return json.load(f)
 
 
 # --- The input pipeline alone ---------------------------------------------------------------
@@ -449,9 +493,10 @@ def model_figures(raw: dict, baselines: dict[str, float], peak: float) -> dict:
     latency = figure(raw["serve_latency"], "tf1_latency", baselines, serving, peak)
     return {
         "flops_per_example": {"forward": forward, "training": training, "serving": serving},
-        "defaults": raw["defaults"],
+        "defaults": {**raw["defaults"], "intra_op_threads": raw["intra_op_threads"]},
         "train": steady,
         "first_epoch": {**first, "seconds": raw["epoch_examples"] / raw["first_epoch"],
+                        "trace_seconds": raw["trace_seconds"],
                         "steady_seconds": raw["epoch_examples"] / steady["examples_per_sec"],
                         "vs_steady": steady["examples_per_sec"] / raw["first_epoch"]},
         "synthetic": synthetic,
@@ -518,7 +563,7 @@ def benchmark(settings: Settings) -> dict:
     log(f"Data: {arrays.source}. Matmul peak and TF1 baseline (start)")
     peak_start = matmul_peak(sizes.matmul_size, sizes.matmul_chain, sizes.repeats)
     tf1_start = tf1_baseline(settings)
-    raw_models = {name: benchmark_model(name, settings, arrays) for name in settings.models}
+    raw_models = {name: model_in_subprocess(name, settings) for name in settings.models}
     log("Input pipeline alone")
     num_train = len(arrays.x_train) - sizes.validation_size
     raw_pipelines = {name: pipeline_rates(dataset, num_train, sizes.repeats)
@@ -586,6 +631,9 @@ def write_json(path: str, content: dict) -> None:
 
 def main(argv: list[str]) -> None:
     settings = parse_settings(argv)
+    if settings.model_worker:
+        write_json(settings.output, measure_model_worker(settings))
+        return
     try:
         results = benchmark(settings)
     except UserError as e:

@@ -31,6 +31,14 @@ JIT_WHEN_AUTO = {
 }
 
 
+# Threads one op may use on a CPU-only machine, per model (0: TensorFlow's default, every
+# core). The MLP's matmuls are too small to split across cores with profit; with one thread per
+# op the other core runs independent ops and the input pipeline. Measured on the 2-core machine
+# in separate processes (benchmarks/README.md): MLP 1.3x with one thread, CNN 0.87x, LSTM
+# within noise.
+INTRA_OP_THREADS_ON_CPU = {"mlp": 1, "cnn": 0, "lstm": 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class Cluster:
     """This process's place in a multi-worker job (one worker, index 0, without TF_CONFIG)."""
@@ -99,6 +107,38 @@ def choose_strategy_name(requested: str, num_workers: int, num_gpus: int, tpu: b
     if num_gpus > 1:
         return "mirrored"
     return "one_device" if num_gpus == 1 else "default"
+
+
+def has_accelerator() -> bool:
+    """Whether a GPU or TPU is present (cheap signs only, before TensorFlow initialises)."""
+    return bool(tf.config.list_physical_devices("GPU")) or _tpu_present()
+
+
+def choose_intra_op_threads(requested: int | None, model: str, accelerated: bool) -> int:
+    """Resolves `None` (auto): the measured per-model choice on CPUs, TensorFlow's default
+    where an accelerator does the arithmetic."""
+    if requested is not None:
+        return requested
+    return 0 if accelerated else INTRA_OP_THREADS_ON_CPU[model]
+
+
+def set_intra_op_threads(threads: int, required: bool) -> bool:
+    """Sets the threads one op may use; returns whether they are now `threads`.
+
+    It can only change before TensorFlow initialises; after that (a notebook, a test) a
+    `required` setting is an error, and an automatic one leaves TensorFlow's as it is.
+    """
+    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return True
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        if required:
+            raise UserError(f"intra_op_threads={threads} must be set before TensorFlow "
+                            "initialises (in a notebook: first cell, before anything else runs)"
+                            ) from None
+        return False
+    return True
 
 
 def make_strategy(requested: str, cluster: Cluster) -> tf.distribute.Strategy:

@@ -42,6 +42,21 @@ def test_jit_resolves_as_measured_on_cpu():
     assert distribute.choose_jit("auto", "lstm", "gpu") is False  # Keeps the cuDNN kernel.
 
 
+def test_threads_per_op_resolve_as_measured():
+    assert distribute.choose_intra_op_threads(None, "mlp", accelerated=False) == 1
+    assert distribute.choose_intra_op_threads(None, "cnn", accelerated=False) == 0
+    assert distribute.choose_intra_op_threads(None, "mlp", accelerated=True) == 0
+    assert distribute.choose_intra_op_threads(3, "cnn", accelerated=False) == 3
+
+
+def test_threads_per_op_cannot_change_once_tensorflow_runs():
+    tf.constant(0)  # Starts TensorFlow, as a notebook's first cell would.
+    other = tf.config.threading.get_intra_op_parallelism_threads() + 1
+    assert distribute.set_intra_op_threads(other, required=False) is False
+    with pytest.raises(UserError, match=f"intra_op_threads={other} must be set before"):
+        distribute.set_intra_op_threads(other, required=True)
+
+
 def test_tf_config_is_read_or_rejected_in_one_line():
     assert distribute.read_cluster(None) == distribute.Cluster(1, 0)
     two = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}

@@ -13,7 +13,7 @@ SUMMARY_KEYS = {
     "model", "dataset", "epochs", "test_accuracy", "test_loss", "params",
     "train_examples_per_sec", "first_epoch_examples_per_sec", "wall_seconds",
     "tensorflow_version", "keras_version", "strategy", "replicas", "export_path",
-    "trace_seconds"}
+    "trace_seconds", "intra_op_threads"}
 
 
 def _cli(*flags, cwd=None, env=None):
