@@ -342,6 +342,7 @@ def write_tflite(export_dir: str, version: int | None = None, dataset: str | Non
     saved_classes = classify_arrays(loaded.signatures["serving_default"], images)["classes"]
     report = check_tflite(converted, saved_classes, images, labels)
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    _remove_abandoned_staging(os.path.dirname(target))
     with _staging_directory(os.path.dirname(target)) as staging:
         for variant, content in converted.items():
             with open(os.path.join(staging, f"{variant}.tflite"), "wb") as f:

@@ -183,8 +183,12 @@ def test_rolled_lstm_saved_model_is_a_clear_tflite_error(tmp_path):
 
 def test_tflite_models_keep_the_saved_model_s_accuracy(export_dir, tmp_path, bordered_arrays):
     directory = shutil.copytree(export_dir, tmp_path / "export")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # A conversion killed mid-write leaves its staging directory behind.
+    os.makedirs(directory / "tflite" / f"{export.STAGING_PREFIX}{gone.pid}-abandoned")
     target, report = export.write_tflite(str(directory))
     assert target == str(directory / "tflite" / "1")
+    assert os.listdir(directory / "tflite") == ["1"]
     assert sorted(os.listdir(target)) == ["dynamic_range.tflite", "float.tflite",
                                           "tflite_info.json"]
     assert report["examples"] == len(bordered_arrays.y_test)
