@@ -397,11 +397,12 @@ def measure_model_worker(settings: Settings) -> dict:
     """In the model's own process: its threads as train.py would set them, then every raw
     measurement of it."""
     name = settings.model_worker
-    threads = distribute.choose_intra_op_threads(None, name, distribute.has_accelerator())
-    distribute.set_intra_op_threads(threads, required=True)
+    threads = train.apply_intra_op_threads(None, name)
     arrays = data.load_arrays(settings.dataset, settings.data_dir, settings.sizes.max_examples,
                               settings.seed)
-    return {**benchmark_model(name, settings, arrays), "intra_op_threads": threads}
+    raw = benchmark_model(name, settings, arrays)
+    raw["defaults"]["intra_op_threads"] = threads
+    return raw
 
 
 def model_in_subprocess(name: str, settings: Settings) -> dict:
@@ -493,7 +494,7 @@ def model_figures(raw: dict, baselines: dict[str, float], peak: float) -> dict:
     latency = figure(raw["serve_latency"], "tf1_latency", baselines, serving, peak)
     return {
         "flops_per_example": {"forward": forward, "training": training, "serving": serving},
-        "defaults": {**raw["defaults"], "intra_op_threads": raw["intra_op_threads"]},
+        "defaults": raw["defaults"],
         "train": steady,
         "first_epoch": {**first, "seconds": raw["epoch_examples"] / raw["first_epoch"],
                         "trace_seconds": raw["trace_seconds"],

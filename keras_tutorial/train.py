@@ -181,14 +181,16 @@ def _apply_cpu_replicas(replicas: int) -> None:
         distribute.split_cpu(replicas)
 
 
-def _apply_intra_op_threads(requested: int | None, model: str) -> None:
-    """Threads per op as asked, or as measured fastest for the model; an automatic choice
-    yields to a TensorFlow that has already started (a notebook, a test)."""
+def apply_intra_op_threads(requested: int | None, model: str) -> int:
+    """Sets threads per op as asked, or as measured fastest for the model; returns those in
+    effect. An automatic choice yields to a TensorFlow that has already started (a notebook, a
+    test)."""
     threads = distribute.choose_intra_op_threads(requested, model, distribute.has_accelerator())
     if not distribute.set_intra_op_threads(threads, required=requested is not None):
         logging.info("TensorFlow already started: threads per op stay %d (%d is faster for "
                      "the %s)", tf.config.threading.get_intra_op_parallelism_threads(), threads,
                      model)
+    return tf.config.threading.get_intra_op_parallelism_threads()
 
 
 def _check_same_run(workdir: str, config: TrainConfig) -> None:
@@ -223,7 +225,7 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
     """
     started = time.perf_counter()
     config = config.resolved()
-    _apply_intra_op_threads(config.intra_op_threads, config.model)
+    intra_op_threads = apply_intra_op_threads(config.intra_op_threads, config.model)
     _apply_cpu_replicas(config.cpu_replicas)
     strategy = distribute.make_strategy(config.strategy, cluster)
     kind = distribute.device_kind(strategy)
@@ -335,7 +337,7 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
         "precision": precision,
         "jit_compile": jit_compile,
         "steps_per_execution": config.steps_per_execution,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "intra_op_threads": intra_op_threads,
         "deterministic": config.deterministic,
         "resumed_from": resumed_from,
         "weights_digest": trainer.weights_digest(),
