@@ -20,7 +20,7 @@ from absl import app, flags, logging
 import keras
 import tensorflow as tf
 
-from keras_tutorial import data, distribute, export, loop, models
+from keras_tutorial import data, distribute, export, fused, loop, models
 from keras_tutorial.errors import UserError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -145,10 +145,11 @@ def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
 
 def make_optimizer(name: str, learning_rate: float, decay_steps: int,
                    loss_scaling: bool = False) -> keras.optimizers.Optimizer:
-    """Adam or SGD with momentum, the learning rate following a cosine decay to zero."""
+    """Adam or SGD with momentum, the learning rate following a cosine decay to zero; both
+    update with fused kernels (fused.py)."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
-    optimizer = (keras.optimizers.Adam(schedule) if name == "adam"
-                 else keras.optimizers.SGD(schedule, momentum=0.9))
+    optimizer = (fused.FusedAdam(schedule) if name == "adam"
+                 else fused.FusedSGD(schedule, momentum=0.9))
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
 
 
