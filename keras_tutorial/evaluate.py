@@ -46,13 +46,11 @@ def evaluate(export_dir: str, version: int | None = None, dataset: str | None = 
              max_examples: int = 0) -> Evaluation:
     """Runs a version's `serving_default` over a split (by default the test split it was
     trained beside)."""
-    path = export.version_path(export_dir, version)
-    loaded = export.load_version(path)  # Kept referenced: its signatures read its variables.
-    info = export.read_info(path)
-    images, labels = export.load_split(info, split, dataset, data_dir, max_examples)
-    outputs = export.classify_arrays(loaded.signatures["serving_default"], images)
-    return Evaluation(path, split, images, labels, outputs["probabilities"],
-                      export.class_names(info))
+    saved = export.open_version(export_dir, version)
+    images, labels = export.load_split(saved.info, split, dataset, data_dir, max_examples)
+    outputs = export.classify_arrays(saved.loaded.signatures["serving_default"], images)
+    return Evaluation(saved.path, split, images, labels, outputs["probabilities"],
+                      export.class_names(saved.info))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,

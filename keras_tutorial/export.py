@@ -21,7 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Iterator
+from typing import Iterator, NamedTuple
 import warnings
 
 from absl import app, flags
@@ -233,6 +233,21 @@ def load_version(path: str) -> tf.types.experimental.Trackable:
     return loaded
 
 
+class Version(NamedTuple):
+    """An exported version, loaded: its directory, the SavedModel and its export_info.json.
+    Keep it referenced while calling its signatures, which read the loaded variables."""
+
+    path: str
+    loaded: tf.types.experimental.Trackable
+    info: dict
+
+
+def open_version(export_dir: str, version: int | None = None) -> Version:
+    """Loads `version` of `export_dir` (the newest by default) with what produced it."""
+    path = version_path(export_dir, version)
+    return Version(path, load_version(path), read_info(path))
+
+
 def signature(loaded: tf.types.experimental.Trackable, name: str, path: str,
               ) -> tf.types.experimental.ConcreteFunction:
     """One signature of a loaded version; an older export may lack `serve_images`."""
@@ -331,15 +346,15 @@ def write_tflite(export_dir: str, version: int | None = None, dataset: str | Non
     Both are checked against the SavedModel on the test split first; the report is written
     beside them as `tflite_info.json`. An existing conversion is never overwritten.
     """
-    path = version_path(export_dir, version)
-    target = os.path.join(export_dir, "tflite", os.path.basename(path))
+    saved = open_version(export_dir, version)
+    target = os.path.join(export_dir, "tflite", os.path.basename(saved.path))
     if os.path.lexists(target):
         raise ExportError(f"{target} already exists: delete it to convert version "
-                          f"{os.path.basename(path)} again")
-    loaded = load_version(path)  # Kept referenced: its signatures read its variables.
-    images, labels = load_split(read_info(path), "test", dataset, data_dir, max_examples)
-    converted = {variant: to_tflite(path, variant) for variant in TFLITE_VARIANTS}
-    saved_classes = classify_arrays(loaded.signatures["serving_default"], images)["classes"]
+                          f"{os.path.basename(saved.path)} again")
+    images, labels = load_split(saved.info, "test", dataset, data_dir, max_examples)
+    converted = {variant: to_tflite(saved.path, variant) for variant in TFLITE_VARIANTS}
+    saved_classes = classify_arrays(saved.loaded.signatures["serving_default"],
+                                    images)["classes"]
     report = check_tflite(converted, saved_classes, images, labels)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     _remove_abandoned_staging(os.path.dirname(target))
@@ -348,7 +363,7 @@ def write_tflite(export_dir: str, version: int | None = None, dataset: str | Non
             with open(os.path.join(staging, f"{variant}.tflite"), "wb") as f:
                 f.write(content)
         with open(os.path.join(staging, "tflite_info.json"), "w") as f:
-            json.dump({"saved_model": path, **report}, f, indent=2)
+            json.dump({"saved_model": saved.path, **report}, f, indent=2)
         os.rename(staging, target)
     return target, report
 

@@ -90,23 +90,21 @@ def predict(export_dir: str, paths: list[str], version: int | None = None,
             max_examples: int = 0) -> list[dict]:
     """One row (file, class, class_name, probability) per image in `paths` and `dataset`."""
     inputs = gather_inputs(paths)
-    path = export.version_path(export_dir, version)
-    loaded = export.load_version(path)  # Kept referenced: its signatures read its variables.
-    info = export.read_info(path)
+    saved = export.open_version(export_dir, version)
     if dataset is not None:
-        images, _ = export.load_split(info, split, dataset, data_dir, max_examples)
+        images, _ = export.load_split(saved.info, split, dataset, data_dir, max_examples)
         inputs.extend((f"{dataset}:{split}[{i}]", image) for i, image in enumerate(images))
     is_file = np.array([isinstance(item, bytes) for _, item in inputs], dtype=bool)
     probabilities = np.zeros((len(inputs), data.NUM_CLASSES), np.float32)
     if is_file.any():
-        serve_images = export.signature(loaded, "serve_images", path)
+        serve_images = export.signature(saved.loaded, "serve_images", saved.path)
         probabilities[is_file] = classify_image_files(
             serve_images, [inputs[i] for i in np.flatnonzero(is_file)])
     if not is_file.all():
         pixels = np.stack([inputs[i][1] for i in np.flatnonzero(~is_file)])
         probabilities[~is_file] = export.classify_arrays(
-            loaded.signatures["serving_default"], pixels)["probabilities"]
-    names = export.class_names(info)
+            saved.loaded.signatures["serving_default"], pixels)["probabilities"]
+    names = export.class_names(saved.info)
     rows = []
     for (name, _), row in zip(inputs, probabilities):
         best = int(np.argmax(row))
