@@ -178,11 +178,11 @@ class Trainer:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def _trace(self, iterator) -> None:
-        """Builds the training step's graph before any epoch's clock starts: it is built once
-        per run, and left in the first epoch it would hide that epoch's true speed."""
+        """Builds the training step's graph, and runs it once for zero steps so that TensorFlow
+        optimises it and creates its kernels, before any epoch's clock starts: that is done
+        once per run, and left in the first epoch it would hide that epoch's true speed."""
         started = time.perf_counter()
-        self._train_steps.get_concrete_function(
-            iterator, tf.constant(self.config.steps_per_execution))
+        self._train_steps(iterator, tf.constant(0))
         self.trace_seconds = time.perf_counter() - started
 
     def _chunks(self, first_step: int):
