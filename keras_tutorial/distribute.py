@@ -20,12 +20,13 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "true", "false")
 
-# XLA per model and device kind. Measured on the 2-core CPU machine in the training loop
-# (benchmarks/README.md): the MLP drops to 0.73-0.87x, the CNN to 0.42-0.47x, the LSTM gains
-# 1.09-1.47x (full epochs: 3,187 vs 2,716 examples/s). On accelerators XLA fuses the many small
-# ops; the LSTM stays off it on GPUs, where it would lose the fused cuDNN kernel.
+# XLA per model and device kind. Measured on 2-core CPU machines in the training loop
+# (benchmarks/README.md): the MLP drops to 0.72-0.87x, the CNN to 0.40-0.47x; the LSTM gained
+# 1.09-1.47x on an AMD EPYC (AVX2) but ran at 0.75-1.0x on the Intel Xeon (AVX-512) of every
+# later run, and compiling put 4 s into its first epoch, so it stays off. On accelerators XLA
+# fuses the many small ops; the LSTM stays off it on GPUs, where it would lose cuDNN's kernel.
 JIT_WHEN_AUTO = {
-    "cpu": {"mlp": False, "cnn": False, "lstm": True},
+    "cpu": {"mlp": False, "cnn": False, "lstm": False},
     "gpu": {"mlp": True, "cnn": True, "lstm": False},
     "tpu": {"mlp": True, "cnn": True, "lstm": True},
 }
