@@ -7,6 +7,7 @@ mean, what was concluded from them) survives a rerun.
 from __future__ import annotations
 
 import os
+import statistics
 
 BEGIN = "<!-- results:begin (written by python -m benchmarks.run) -->"
 END = "<!-- results:end -->"
@@ -92,13 +93,31 @@ def figures_table(results: dict) -> list[str]:
              _figure_row("pipeline", "alone, first pass (fills the cache)",
                          pipeline["first_pass"])]
     return [
-        f"Matmul peak: **{peak['gflops']:.0f} GFLOP/s** float32 (median of "
-        f"{len(peak['repeats'])}, {peak['min']:.0f}–{peak['max']:.0f}). TF1 figures are the "
+        f"Matmul peak: **{peak['gflops']:.0f} GFLOP/s** float32 (the fastest of "
+        f"{len(peak['repeats'])} repeats; median {peak['median']:.0f}, slowest "
+        f"{peak['min']:.0f}). TF1 figures are the "
         "baseline of the ratios; training rows compare with TF1 training, serving rows with "
         "TF1 inference at the same batch size.",
         "",
         *_table(["model", "figure", "examples/s (median)", "min–max (spread)", "vs TF1",
                  "of peak"], "llrrrr", rows)]
+
+
+def interleaved_table(results: dict) -> list[str]:
+    """The default MLP against TF1, round by round, each round two fresh processes."""
+    interleaved = results["interleaved"]
+    rows = [[str(index), _rate(statistics.median(r["tf1_train"])),
+             _rate(statistics.median(r["mlp_train"])), _ratio(r["vs_tf1"]),
+             _ratio(r["first_vs_steady"]), _rate(statistics.median(r["pipeline"])),
+             _ratio(r["pipeline_vs_mlp"])]
+            for index, r in enumerate(interleaved["rounds"], 1)]
+    if rows:
+        rows.append(["**median**", "", "", f"**{_ratio(interleaved['vs_tf1']['median'])}**",
+                     f"**{_ratio(interleaved['first_vs_steady']['median'])}**", "",
+                     f"**{_ratio(interleaved['pipeline_vs_mlp']['median'])}**"])
+    return _table(["round", "TF1 training, examples/s", "MLP training (steady), examples/s",
+                   "MLP vs TF1", "MLP first epoch / steady", "its pipeline alone, examples/s",
+                   "pipeline / MLP"], "lrrrrrr", rows)
 
 
 def targets_table(results: dict) -> list[str]:
@@ -160,6 +179,14 @@ def render(results: dict) -> str:
     sections = [
         header(results),
         ["### Figures", ""] + figures_table(results),
+        ["### The MLP against TF1, interleaved", "",
+         "The figures above measure TF1 at the start and at the end of the run and each model "
+         "once in between; on a shared machine whose speed drifts, that ratio carries the "
+         "drift. Here each round runs the TF1 training (median of its repeats), then the "
+         "default MLP loop (median of its steady epochs, and its first epoch), then full passes "
+         "over the MLP's pipeline alone in the same process, each run in a fresh process, one "
+         "right after the other; the targets use the median over rounds.", ""]
+        + interleaved_table(results),
         ["### Targets of issue 6", ""] + targets_table(results),
         ["### First epoch", "",
          "The training loop traces its step before the first epoch's clock starts (first "

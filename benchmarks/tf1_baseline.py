@@ -84,7 +84,10 @@ def time_training(sess: v1.Session, graph: dict, train: InputData, batch_size: i
 
 def time_inference(sess: v1.Session, graph: dict, images: np.ndarray, calls: int,
                    repeats: int) -> list[float]:
-    """Seconds per `calls` runs of softmax and argmax on `images`, `repeats` times."""
+    """Seconds per `calls` runs of softmax and argmax on `images`, `repeats` times; none if
+    `calls` is 0."""
+    if not calls:
+        return []
     fetches, feed = [graph["probabilities"], graph["classes"]], {graph["x"]: images}
     sess.run(fetches, feed_dict=feed)
     seconds = []

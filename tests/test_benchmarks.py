@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # benchmarks/ sits beside the installed package, not inside it.
 from benchmarks import flops  # noqa: E402
 SECTIONS = {"command", "date", "machine", "versions", "settings", "peak", "baseline", "models",
-            "pipeline", "targets", "noise"}
+            "pipeline", "targets", "noise", "interleaved"}
 MODEL_FIGURES = ("train", "first_epoch", "synthetic", "serve_latency", "serve_throughput")
 PROSE = "# Benchmarks\n\nProse that a rerun keeps.\n\n"
 OLD_SECTION = ("<!-- results:begin (written by python -m benchmarks.run) -->\nold\n"
@@ -71,7 +72,7 @@ def test_every_section_is_present(tiny_run):
 def test_figures_are_positive_and_ratios_match_the_raw_numbers(tiny_run):
     results, _ = tiny_run
     peak = results["peak"]["gflops"]
-    assert peak > 0
+    assert peak > 0 and peak == max(results["peak"]["repeats"])  # The fastest repeat.
     figures = list(_figures(results))
     assert len(figures) >= 13
     for fig in figures:
@@ -97,8 +98,18 @@ def test_flops_and_targets_follow_from_the_figures(tiny_run):
     assert mlp["serve_latency"]["latency_ms"] == pytest.approx(
         1000 / mlp["serve_latency"]["examples_per_sec"])
     values = {row["target"]: row for row in results["targets"]}
-    assert values["MLP training vs TF1"]["value"] == pytest.approx(mlp["train"]["vs_tf1"])
-    assert values["pipeline / fastest model"]["value"] == pytest.approx(
+    rounds = results["interleaved"]["rounds"]
+    assert len(rounds) == 1 and rounds[0]["tf1_train"] and rounds[0]["mlp_train"]
+    assert rounds[0]["vs_tf1"] == pytest.approx(
+        statistics.median(rounds[0]["mlp_train"]) / statistics.median(rounds[0]["tf1_train"]))
+    assert values["MLP training vs TF1 (interleaved rounds, median)"]["value"] == (
+        pytest.approx(rounds[0]["vs_tf1"]))
+    assert values["MLP first epoch / steady epoch (interleaved rounds, median)"]["value"] == (
+        pytest.approx(statistics.median(rounds[0]["mlp_train"]) / rounds[0]["mlp_first_epoch"]))
+    assert values["pipeline / fastest model, the MLP (interleaved rounds, median)"]["value"] == (
+        pytest.approx(statistics.median(rounds[0]["pipeline"])
+                      / statistics.median(rounds[0]["mlp_train"])))
+    assert results["pipeline"]["vs_fastest_model"] == pytest.approx(
         results["pipeline"]["train"]["examples_per_sec"] / mlp["train"]["examples_per_sec"])
     for row in results["targets"]:
         met = (row["value"] >= row["threshold"] if row["comparison"] == ">="
@@ -112,6 +123,7 @@ def test_readme_section_is_replaced_and_prose_kept(tiny_run):
     assert readme.count("<!-- results:begin") == 1 and "\nold\n" not in readme
     assert f"`{results['command']}`" in readme
     assert "| target | measured | goal | met |" in readme
+    assert "| round | TF1 training, examples/s |" in readme
 
 
 @pytest.mark.parametrize("name, macs", [
