@@ -109,6 +109,7 @@ def test_flops_and_targets_follow_from_the_figures(tiny_run):
     assert values["pipeline / fastest model, the MLP (interleaved rounds, median)"]["value"] == (
         pytest.approx(statistics.median(rounds[0]["pipeline"])
                       / statistics.median(rounds[0]["mlp_train"])))
+    assert results["pipeline"]["fastest_model"] == "mlp"
     assert results["pipeline"]["vs_fastest_model"] == pytest.approx(
         results["pipeline"]["train"]["examples_per_sec"] / mlp["train"]["examples_per_sec"])
     for row in results["targets"]:
