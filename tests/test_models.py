@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_tutorial import models
 
@@ -44,6 +45,33 @@ def test_mirror_averaging_model_predicts_the_mean_over_image_and_mirror(name):
     if name == "mlp":  # No dropout: training sees each image once, as the plain model would.
         np.testing.assert_allclose(averaging(images, training=True),
                                    plain(images, training=True), rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_run_as_batch_slices_computes_what_one_keras_lstm_computes():
+    keras.utils.set_random_seed(0)
+    sliced = models.BatchParallelLSTM(16, slices=2)
+    plain = keras.layers.LSTM(16)
+    sequences = np.random.default_rng(2).normal(size=(9, 5, 3)).astype(np.float32)
+    sliced.build(sequences.shape)
+    plain.build(sequences.shape)
+    plain.set_weights(sliced.get_weights())
+
+    def outputs_and_gradients(layer, batch):
+        with tf.GradientTape() as tape:
+            outputs = layer(sequences[:batch], training=True)
+            loss = tf.reduce_sum(outputs * tf.range(16, dtype=tf.float32))
+        return [outputs] + tape.gradient(loss, layer.trainable_variables)
+
+    for batch in (9, 2, 1):  # Uneven halves, one example each, and too few to slice.
+        for run in (outputs_and_gradients, tf.function(outputs_and_gradients)):
+            for got, expected in zip(run(sliced, batch), run(plain, batch)):
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    unknown_batch = tf.function(lambda batch: sliced(tf.constant(sequences)[:batch]),
+                                input_signature=[tf.TensorSpec((), tf.int32)])
+    for batch in (9, 1):
+        np.testing.assert_allclose(unknown_batch(batch), plain(sequences[:batch]), rtol=1e-5,
+                                   atol=1e-6)
+    assert models.BatchParallelLSTM.from_config(sliced.get_config()).slices == 2
 
 
 def test_rescaling_is_inside_the_model():
