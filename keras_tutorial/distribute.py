@@ -23,9 +23,9 @@ JIT_CHOICES = ("auto", "true", "false")
 # XLA per model and device kind. Measured on 2-core CPU machines in the training loop
 # (benchmarks/README.md): the MLP drops to 0.72-0.87x, the CNN to 0.40-0.47x; the LSTM gained
 # 1.09-1.47x on an AMD EPYC (AVX2) but ran at 0.75-1.06x (median 0.83x) on the Intel Xeon
-# (AVX-512) of later runs, and compiling put 4 s into its first epoch, so it stays off. On
-# accelerators XLA fuses the many small ops; the LSTM stays off it on GPUs, where it would
-# lose cuDNN's kernel.
+# (AVX-512) of later runs, and compiling put 4 s into its first epoch, so it stays off (with the
+# batch halves of models.BatchParallelLSTM it was 0.46-0.55x there). On accelerators XLA fuses
+# the many small ops; the LSTM stays off it on GPUs, where it would lose cuDNN's kernel.
 JIT_WHEN_AUTO = {
     "cpu": {"mlp": False, "cnn": False, "lstm": False},
     "gpu": {"mlp": True, "cnn": True, "lstm": False},

@@ -58,8 +58,8 @@ class BatchParallelLSTM(layers.LSTM):
     A time step is a chain of small dependent ops (a 128x128 by 128x512 matmul, the gates'
     elementwise maths) that keeps about one core busy; examples never interact in an LSTM, so
     parts of the batch can run side by side on other cores and give the same results. On the
-    2-core machine 2 slices trained 1.4-1.5x faster, 3 slower (benchmarks/README.md). With a
-    GPU the whole batch stays one cuDNN call.
+    2-core machine 2 slices trained 1.4-1.5x faster, 3 slower (benchmarks/README.md). On a GPU
+    or TPU the whole batch stays one call (cuDNN's kernel, XLA's program).
     """
 
     def __init__(self, units: int, slices: int = 2, **kwargs):
@@ -69,8 +69,8 @@ class BatchParallelLSTM(layers.LSTM):
     def _sliceable(self, mask) -> bool:
         plain = (mask is None and not self.stateful and not self.dropout
                  and not self.recurrent_dropout)
-        return (plain and self.slices > 1 and (os.cpu_count() or 1) > 1
-                and not tf.config.list_logical_devices("GPU"))
+        accelerated = any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
+        return plain and self.slices > 1 and (os.cpu_count() or 1) > 1 and not accelerated
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         whole = super().inner_loop
