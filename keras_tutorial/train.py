@@ -163,15 +163,24 @@ def build_model(config: TrainConfig) -> keras.Model:
 def build_compiled_model(config: TrainConfig, steps_per_epoch: int) -> keras.Model:
     """The model of a resolved `config`, compiled for Keras `fit` as training would run it.
 
-    For notebooks and benchmarks that use `fit`; `run` itself uses the resumable loop.
+    For notebooks and benchmarks that use `fit`; `run` itself uses the resumable loop. Built
+    in the scope of a strategy with several replicas, it takes one step per call: Keras 3.15's
+    `fit` with more (its multi-step loop) stops there with "You must feed a value for
+    placeholder tensor".
     """
+    steps_per_execution = config.steps_per_execution
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1 and steps_per_execution > 1:
+        logging.info("%d replicas: fit takes 1 step per call, not %d", replicas,
+                     steps_per_execution)
+        steps_per_execution = 1
     model = build_model(config)
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.learning_rate,
                                  config.epochs * steps_per_epoch),
         loss=make_loss(config.loss),
         metrics=["accuracy"],
-        steps_per_execution=config.steps_per_execution)
+        steps_per_execution=steps_per_execution)
     return model
 
 
