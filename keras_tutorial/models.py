@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from keras_tutorial import distribute
 from keras_tutorial.data import IMAGE_SHAPE, NUM_CLASSES
 from keras_tutorial.errors import UserError
 from keras_tutorial.fused import FusedBatchNormalization
@@ -69,8 +70,8 @@ class BatchParallelLSTM(layers.LSTM):
     def _sliceable(self, mask) -> bool:
         plain = (mask is None and not self.stateful and not self.dropout
                  and not self.recurrent_dropout)
-        accelerated = any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
-        return plain and self.slices > 1 and (os.cpu_count() or 1) > 1 and not accelerated
+        return (plain and self.slices > 1 and (os.cpu_count() or 1) > 1
+                and not distribute.has_accelerator())
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         whole = super().inner_loop
