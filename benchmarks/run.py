@@ -34,7 +34,9 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import flops, report
-from keras_tutorial import data, distribute, export, loop, models, train
+from keras_tutorial import (cli, data, distribute, experiment, export, fastpath, files, loop,
+                            models, objectives)
+from keras_tutorial.config import TrainConfig
 from keras_tutorial.errors import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,6 +82,7 @@ class Settings:
     sizes: Sizes
     output: str  # results.json
     readme: str  # README.md whose results section is rewritten.
+    tiny: bool = False  # Tiny sizes (repeats may still be set on their own).
     model_worker: str | None = None  # Set in the subprocess that measures one model.
     train_only: bool = False  # That subprocess measures training on the pipeline only.
 
@@ -87,8 +90,7 @@ class Settings:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         """Bad flags end the run with one line, not a usage dump."""
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(message)
 
 
 def _csv(kind: type) -> callable:
@@ -144,7 +146,7 @@ def parse_settings(argv: list[str]) -> Settings:
         data_dir=args.data_dir or (FASHION_MNIST_DIR if args.dataset == "fashion_mnist" else None),
         batch_size=args.batch_size, seed=args.seed, sizes=sizes,
         variants=tuple((k, j) for k in args.steps_per_execution for j in args.jit_compile),
-        output=args.output, readme=args.readme, model_worker=args.model_worker,
+        output=args.output, readme=args.readme, tiny=args.tiny, model_worker=args.model_worker,
         train_only=args.train_only)
 
 
@@ -232,16 +234,21 @@ def tf1_baseline(settings: Settings, inference: bool = True) -> dict[str, list[f
 
 # --- Training through the project's own code -------------------------------------------------
 
-def train_config(name: str, settings: Settings) -> train.TrainConfig:
-    """train.py's configuration of `name` with today's defaults."""
-    return train.TrainConfig(model=name, dataset=settings.dataset,
-                             batch_size=settings.batch_size, seed=settings.seed).resolved()
+def train_config(name: str, settings: Settings) -> TrainConfig:
+    """The training command's configuration of `name` with today's defaults."""
+    return TrainConfig(model=name, dataset=settings.dataset, batch_size=settings.batch_size,
+                       seed=settings.seed).resolved()
+
+
+def machine_choices(name: str) -> distribute.Choices:
+    """What `experiment.run` would choose for `name` on this machine."""
+    return distribute.choose(distribute.detect_devices(), name)
 
 
 def compiled_model(name: str, settings: Settings, steps_per_epoch: int) -> keras.Model:
-    """The model exactly as `train.build_compiled_model` compiles it for `fit`."""
+    """The model exactly as `experiment.build_compiled_model` compiles it for `fit`."""
     keras.utils.set_random_seed(settings.seed)
-    return train.build_compiled_model(train_config(name, settings), steps_per_epoch)
+    return experiment.build_compiled_model(train_config(name, settings), steps_per_epoch)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -270,20 +277,23 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, epochs: int,
 def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs: int,
                steps_per_execution: int | None = None, jit_compile: bool | None = None,
                ) -> tuple[list[float], keras.Model, float]:
-    """Examples/s of each epoch of the loop that `train.run` drives, on this machine's default
-    strategy, with train.py's defaults unless a variant is given; the trained model; and the
-    seconds spent tracing the training step before the first epoch."""
+    """Examples/s of each epoch of the loop that `experiment.run` drives, on this machine's
+    default strategy, with its defaults and choices unless a variant is given; the trained
+    model; and the seconds spent tracing the training step before the first epoch."""
     config = train_config(name, settings)
+    choices = machine_choices(name)
+    fast_paths = fastpath.usable(choices.fast_paths)
     steps_per_execution = steps_per_execution or config.steps_per_execution
     if jit_compile is None:
-        jit_compile = distribute.choose_jit(config.jit_compile, name, "cpu")
+        jit_compile = choices.jit_compile
     strategy = tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
-    model = train.build_model(config)
+    model = experiment.build_model(config, fast_paths, choices.lstm_slices)
     decay_steps = epochs * loop.steps_per_epoch(pipelines.num_train, settings.batch_size, 1)
-    optimizer = train.make_optimizer(config.optimizer, config.learning_rate, decay_steps)
+    optimizer = objectives.make_optimizer(config.optimizer, config.learning_rate, decay_steps,
+                                          fused=fast_paths)
     with tempfile.TemporaryDirectory() as backup_dir:
-        trainer = loop.Trainer(strategy, model, optimizer, train.make_loss(config.loss),
+        trainer = loop.Trainer(strategy, model, optimizer, objectives.make_loss(config.loss),
                                pipelines, loop.LoopConfig(
                                    epochs=epochs, global_batch_size=settings.batch_size,
                                    seed=settings.seed, backup_dir=backup_dir,
@@ -348,17 +358,12 @@ def compile_variants(name: str, settings: Settings, arrays: data.Arrays) -> list
 
 # --- Serving --------------------------------------------------------------------------------
 
-def serving_rates(model: keras.Model, config: train.TrainConfig, images: np.ndarray,
-                  sizes: Sizes) -> tuple[list[float], list[float]]:
-    """Examples/s of the exported SavedModel at batch 1 and batch 1024, `repeats` times.
-
-    The trained weights are exported from an uncompiled twin of the model, as `train.run`
-    exports its (uncompiled) model.
-    """
-    twin = train.build_model(config)
-    twin.set_weights(model.get_weights())
+def serving_rates(model: keras.Model, images: np.ndarray, sizes: Sizes,
+                  ) -> tuple[list[float], list[float]]:
+    """Examples/s of the model's exported SavedModel at batch 1 and batch 1024, `repeats`
+    times."""
     with tempfile.TemporaryDirectory() as export_dir:
-        path = export.export_model(twin, export_dir)
+        path = export.export_model(model, export_dir)
         serve = tf.saved_model.load(path).signatures["serving_default"]
 
         def rates(batch: tf.Tensor, calls: int) -> list[float]:
@@ -385,7 +390,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
     log(f"{name}: training on the pipeline, then serving")
     first, steady, model, trace_seconds = train_on_pipeline(name, settings, pipelines)
     log(f"  first epoch {first:,.0f}, steady {statistics.median(steady):,.0f} examples/s")
-    latency, throughput = serving_rates(model, config, arrays.x_test, sizes)
+    latency, throughput = serving_rates(model, arrays.x_test, sizes)
     log(f"{name}: training on one repeated batch")
     synthetic_model = compiled_model(name, settings, steps_per_epoch)
     synthetic_first, synthetic = train_in_chunks(
@@ -395,7 +400,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
         "forward_flops": flops.forward_flops(model),
         "serving_flops": flops.serving_flops(model),
         "defaults": {"steps_per_execution": config.steps_per_execution,
-                     "jit_compile": distribute.choose_jit(config.jit_compile, name, "cpu")},
+                     "jit_compile": machine_choices(name).jit_compile},
         "epoch_examples": pipelines.num_train,
         "chunk_examples": chunk_steps(synthetic_model, sizes.chunk_steps) * batch_size,
         "first_epoch": first, "trace_seconds": trace_seconds, "train": steady,
@@ -410,7 +415,8 @@ def measure_model_worker(settings: Settings) -> dict:
     measurement of it (or, `train_only`, its training on the pipeline, then full passes over
     that pipeline alone)."""
     name = settings.model_worker
-    threads = train.apply_intra_op_threads(None, name)
+    threads = distribute.set_intra_op_threads(machine_choices(name).intra_op_threads,
+                                              required=False)
     arrays = data.load_arrays(settings.dataset, settings.data_dir, settings.sizes.max_examples,
                               settings.seed)
     if settings.train_only:
@@ -440,7 +446,7 @@ def model_in_subprocess(name: str, settings: Settings, train_only: bool = False)
             f"--jit_compile={','.join(jits)}", f"--output={raw_path}"]
         if settings.data_dir:
             command.append(f"--data_dir={os.path.abspath(settings.data_dir)}")
-        if settings.sizes == TINY:
+        if settings.tiny:
             command.append("--tiny")
         if train_only:
             command.append("--train_only")
@@ -637,7 +643,7 @@ def benchmark(settings: Settings) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
-        "settings": {"tiny": sizes == TINY, "dataset": settings.dataset,
+        "settings": {"tiny": settings.tiny, "dataset": settings.dataset,
                      "data_source": arrays.source,
                      "batch_size": settings.batch_size, "seed": settings.seed,
                      "serving_batch": SERVING_BATCH, **dataclasses.asdict(sizes)},
@@ -684,10 +690,7 @@ def benchmark(settings: Settings) -> dict:
 def write_json(path: str, content: dict) -> None:
     """Writes JSON atomically, creating its directory."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    files.write_json(path, content)
 
 
 def main(argv: list[str]) -> None:
@@ -698,8 +701,7 @@ def main(argv: list[str]) -> None:
     try:
         results = benchmark(settings)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(str(e))
     write_json(settings.output, results)
     report.update_readme(settings.readme, results)
     log(f"Wrote {settings.output} and {settings.readme}")

@@ -1,7 +1,9 @@
-"""Strategy, numeric precision and XLA, chosen from the hardware found.
+"""How a model runs on this machine: strategy, precision, XLA, threads and fast paths.
 
-`tf.distribute` is the engine: this module only decides which strategy to build, splits the CPU
-into logical devices when asked, and reads the cluster from `TF_CONFIG`.
+`choose` is the one decision, a pure function of a `Devices` description (so every machine's
+choice can be tested on any machine); the functions after it apply a choice. `tf.distribute` is
+the engine: this module only decides which strategy to build, splits the CPU into logical
+devices when asked, and reads the cluster from `TF_CONFIG`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import glob
 import json
 import os
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -20,25 +23,83 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "true", "false")
 
-# XLA per model and device kind. Measured on 2-core CPU machines in the training loop
-# (benchmarks/README.md): the MLP drops to 0.72-0.87x, the CNN to 0.40-0.47x; the LSTM gained
-# 1.09-1.47x on an AMD EPYC (AVX2) but ran at 0.75-1.06x (median 0.83x) on the Intel Xeon
-# (AVX-512) of later runs, and compiling put 4 s into its first epoch, so it stays off (with the
-# batch halves of models.BatchParallelLSTM it was 0.46-0.55x there). On accelerators XLA fuses
-# the many small ops; the LSTM stays off it on GPUs, where it would lose cuDNN's kernel.
+# XLA per device kind and model, as measured (benchmarks/README.md): on CPUs it slowed every
+# model; on accelerators it fuses the many small ops, except that the LSTM on a GPU would lose
+# cuDNN's kernel.
 JIT_WHEN_AUTO = {
     "cpu": {"mlp": False, "cnn": False, "lstm": False},
     "gpu": {"mlp": True, "cnn": True, "lstm": False},
     "tpu": {"mlp": True, "cnn": True, "lstm": True},
 }
 
-
-# Threads one op may use on a CPU-only machine, per model (0: TensorFlow's default, every
-# core). The MLP's matmuls are too small to split across cores with profit; with one thread per
-# op the other core runs independent ops and the input pipeline. Measured on the 2-core machine
-# in separate processes (benchmarks/README.md): MLP 1.3x with one thread, CNN 0.87x, LSTM
-# within noise.
+# Threads one op may use on a CPU-only machine (0: TensorFlow's default, every core). The MLP's
+# matmuls are too small to split with profit: with one thread per op the other core runs
+# independent ops and the input pipeline (1.3x on 2 cores).
 INTRA_OP_THREADS_ON_CPU = {"mlp": 1, "cnn": 0, "lstm": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Devices:
+    """The machine as the choices see it: found by `detect_devices`, or described in a test."""
+
+    gpus: int = 0
+    compute_capability: tuple[int, int] | None = None
+    tpu: bool = False
+    cpu_cores: int = 1
+    workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """How one model trains on one machine: every `auto` resolved."""
+
+    strategy: str
+    device_kind: str
+    precision: str
+    jit_compile: bool
+    intra_op_threads: int
+    fast_paths: bool
+    lstm_slices: int
+
+
+def choose(devices: Devices, model: str, strategy: str = "auto", precision: str = "auto",
+           jit_compile: str = "auto", intra_op_threads: int | None = None) -> Choices:
+    """Resolves every `auto` for `model` on `devices`: a pure function of its arguments.
+
+    The fast paths (fastpath.py) and the LSTM's batch slices were measured to pay on CPUs
+    only, so accelerators run stock Keras.
+    """
+    name = choose_strategy_name(strategy, devices.workers, devices.gpus, devices.tpu)
+    if devices.workers > 1 and name != "multi_worker":
+        raise UserError(f"TF_CONFIG describes {devices.workers} workers but --strategy={name}; "
+                        "use --strategy=multi_worker or auto")
+    kind = "tpu" if name == "tpu" else "gpu" if devices.gpus else "cpu"
+    if jit_compile not in JIT_CHOICES:
+        raise UserError(f"unknown jit_compile '{jit_compile}', expected one of "
+                        f"{', '.join(JIT_CHOICES)}")
+    accelerated = bool(devices.gpus) or devices.tpu
+    on_cpu = kind == "cpu"
+    return Choices(
+        strategy=name,
+        device_kind=kind,
+        precision=choose_precision(precision, kind, devices.compute_capability),
+        jit_compile=(JIT_WHEN_AUTO[kind][model] if jit_compile == "auto"
+                     else jit_compile == "true"),
+        intra_op_threads=(intra_op_threads if intra_op_threads is not None
+                          else 0 if accelerated else INTRA_OP_THREADS_ON_CPU[model]),
+        fast_paths=on_cpu,
+        lstm_slices=2 if on_cpu and devices.cpu_cores > 1 else 1)
+
+
+def detect_devices(num_workers: int = 1) -> Devices:
+    """This machine's devices, found without initialising TensorFlow's runtime."""
+    gpus = tf.config.list_physical_devices("GPU")
+    capability = None
+    if gpus:
+        capability = tuple(tf.config.experimental.get_device_details(gpus[0]).get(
+            "compute_capability", (0, 0)))
+    return Devices(gpus=len(gpus), compute_capability=capability, tpu=_tpu_present(),
+                   cpu_cores=os.cpu_count() or 1, workers=num_workers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +117,14 @@ class Cluster:
 def split_cpu(replicas: int) -> None:
     """Splits the CPU into `replicas` logical devices, so `mirrored` can run without GPUs.
 
-    Must run before TensorFlow initialises its devices, that is before any tensor is made.
+    Must run before TensorFlow initialises its devices, that is before any tensor is made; a
+    CPU already split that way (or never split, for one) is left as it is.
     """
     if replicas < 1:
         raise UserError(f"cpu_replicas must be at least 1, got {replicas}")
     cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or [None]) == replicas:
+        return
     try:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
@@ -111,27 +175,15 @@ def choose_strategy_name(requested: str, num_workers: int, num_gpus: int, tpu: b
     return "one_device" if num_gpus == 1 else "default"
 
 
-def has_accelerator() -> bool:
-    """Whether a GPU or TPU is present (cheap signs only, before TensorFlow initialises)."""
-    return bool(tf.config.list_physical_devices("GPU")) or _tpu_present()
-
-
-def choose_intra_op_threads(requested: int | None, model: str, accelerated: bool) -> int:
-    """Resolves `None` (auto): the measured per-model choice on CPUs, TensorFlow's default
-    where an accelerator does the arithmetic."""
-    if requested is not None:
-        return requested
-    return 0 if accelerated else INTRA_OP_THREADS_ON_CPU[model]
-
-
-def set_intra_op_threads(threads: int, required: bool) -> bool:
-    """Sets the threads one op may use; returns whether they are now `threads`.
+def set_intra_op_threads(threads: int, required: bool) -> int:
+    """Sets the threads one op may use; returns those in effect.
 
     It can only change before TensorFlow initialises; after that (a notebook, a test) a
     `required` setting is an error, and an automatic one leaves TensorFlow's as it is.
     """
-    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
-        return True
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current == threads:
+        return threads
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     except RuntimeError:
@@ -139,27 +191,24 @@ def set_intra_op_threads(threads: int, required: bool) -> bool:
             raise UserError(f"intra_op_threads={threads} must be set before TensorFlow "
                             "initialises (in a notebook: first cell, before anything else runs)"
                             ) from None
-        return False
-    return True
+        logging.info("TensorFlow already started: threads per op stay %d (%d was chosen)",
+                     current, threads)
+        return current
+    return threads
 
 
-def make_strategy(requested: str, cluster: Cluster) -> tf.distribute.Strategy:
-    """Builds the tf.distribute strategy that `requested` names on this machine."""
-    gpus = tf.config.list_physical_devices("GPU")
-    name = choose_strategy_name(requested, cluster.num_workers, len(gpus), _tpu_present())
-    if cluster.num_workers > 1 and name != "multi_worker":
-        raise UserError(f"TF_CONFIG describes {cluster.num_workers} workers but "
-                        f"--strategy={name}; use --strategy=multi_worker or auto")
+def make_strategy(name: str, devices: Devices) -> tf.distribute.Strategy:
+    """Builds the tf.distribute strategy that a resolved `name` names on `devices`."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
-        if not gpus:
+        if not devices.gpus:
             raise UserError("--strategy=one_device needs a GPU and none was found; use "
                             "--strategy=default, or mirrored with --cpu_replicas=N")
         return tf.distribute.OneDeviceStrategy("/gpu:0")
     if name == "mirrored":
-        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        cpus = None if devices.gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
@@ -169,13 +218,6 @@ def make_strategy(requested: str, cluster: Cluster) -> tf.distribute.Strategy:
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
         raise UserError(f"--strategy=tpu: no TPU could be reached ({e})") from None
     return tf.distribute.TPUStrategy(resolver)
-
-
-def device_kind(strategy: tf.distribute.Strategy) -> str:
-    """'tpu', 'gpu' or 'cpu': the kind of device the strategy's replicas run on."""
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "tpu"
-    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
 def choose_precision(requested: str, kind: str, compute_capability: tuple[int, int] | None) -> str:
@@ -190,24 +232,8 @@ def choose_precision(requested: str, kind: str, compute_capability: tuple[int, i
     return "mixed_float16" if kind == "gpu" else "float32"
 
 
-def gpu_compute_capability() -> tuple[int, int] | None:
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return None
-    return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability",
-                                                                        (0, 0)))
-
-
 def set_precision(policy: str) -> None:
     """Sets Keras's global dtype policy; models keep their logits in float32 themselves."""
     keras.mixed_precision.set_global_policy(policy)
 
 
-def choose_jit(requested: str, model: str, kind: str) -> bool:
-    """Resolves `auto` from the measured table `JIT_WHEN_AUTO`."""
-    if requested not in JIT_CHOICES:
-        raise UserError(f"unknown jit_compile '{requested}', expected one of "
-                        f"{', '.join(JIT_CHOICES)}")
-    if requested != "auto":
-        return requested == "true"
-    return JIT_WHEN_AUTO[kind][model]

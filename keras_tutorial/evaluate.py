@@ -8,16 +8,14 @@ Prints the accuracy, the accuracy of each class and the confusion matrix, and wr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from matplotlib.figure import Figure
 import numpy as np
 
-from keras_tutorial import data, export
+from keras_tutorial import cli, data, files, versions
 from keras_tutorial.errors import UserError
 
 EVALUATION_FILE = "evaluation.json"
@@ -46,11 +44,10 @@ def evaluate(export_dir: str, version: int | None = None, dataset: str | None = 
              max_examples: int = 0) -> Evaluation:
     """Runs a version's `serving_default` over a split (by default the test split it was
     trained beside)."""
-    saved = export.open_version(export_dir, version)
-    images, labels = export.load_split(saved.info, split, dataset, data_dir, max_examples)
-    outputs = export.classify_arrays(saved.loaded.signatures["serving_default"], images)
-    return Evaluation(saved.path, split, images, labels, outputs["probabilities"],
-                      export.class_names(saved.info))
+    saved = versions.open_version(export_dir, version)
+    images, labels = saved.split(split, dataset, data_dir, max_examples)
+    return Evaluation(saved.path, split, images, labels,
+                      saved.classify(images)["probabilities"], saved.class_names)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
@@ -134,8 +131,7 @@ def plot_worst_mistakes(evaluation: Evaluation, path: str, count: int = 25) -> N
 def write_outputs(evaluation: Evaluation, result: dict, output_dir: str) -> None:
     """evaluation.json, confusion_matrix.png and worst_mistakes.png in `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, EVALUATION_FILE), "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(os.path.join(output_dir, EVALUATION_FILE), result)
     plot_confusion_matrix(np.array(result["confusion_matrix"]), evaluation.class_names,
                           os.path.join(output_dir, CONFUSION_FILE))
     plot_worst_mistakes(evaluation, os.path.join(output_dir, MISTAKES_FILE))
@@ -153,36 +149,22 @@ def run(export_dir: str, output_dir: str, version: int | None = None,
     return result
 
 
-def _define_flags() -> None:
-    """Flags of `python -m keras_tutorial.evaluate`, defined only when it runs (see export.py)."""
-    flags.DEFINE_string("export_dir", None, "Export directory holding versions 1, 2, ...",
-                        required=True)
-    flags.DEFINE_integer("version", None, "Version to evaluate (default: the newest).",
-                         lower_bound=1)
-    flags.DEFINE_enum("dataset", None, data.DATASETS,
-                      "Dataset to evaluate on (default: the one the version was trained on).")
+def define_flags() -> None:
+    cli.define_version_flags("evaluate")
+    cli.define_dataset_flags(data.DATASETS, "to evaluate on", "default: the version's own")
     flags.DEFINE_enum("split", "test", ("train", "test"), "The split to evaluate on.")
-    flags.DEFINE_string("data_dir", None, "Where the dataset is (default: the version's own).")
-    flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0: all).",
-                         lower_bound=0)
     flags.DEFINE_string("output_dir", os.path.join("runs", "evaluate"),
                         "Where evaluation.json and the two PNG images go.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    FLAGS = flags.FLAGS
-    try:
-        result = run(FLAGS.export_dir, FLAGS.output_dir, FLAGS.version, FLAGS.dataset,
-                     FLAGS.split, FLAGS.data_dir, FLAGS.max_examples)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.no_arguments(argv)
+    values = flags.FLAGS
+    result = run(values.export_dir, values.output_dir, values.version, values.dataset,
+                 values.split, values.data_dir, values.max_examples)
     print(format_report(result))
-    print(f"\nWrote {EVALUATION_FILE}, {CONFUSION_FILE} and {MISTAKES_FILE} in {FLAGS.output_dir}")
+    print(f"\nWrote {EVALUATION_FILE}, {CONFUSION_FILE} and {MISTAKES_FILE} in {values.output_dir}")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

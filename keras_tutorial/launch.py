@@ -16,14 +16,9 @@ import sys
 import threading
 import time
 
-from absl import app, flags
+from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("workers", 2, "Number of local worker processes.", lower_bound=1)
-flags.DEFINE_float("timeout", 0, "End the whole job after this many seconds (0: no limit).",
-                   lower_bound=0)
-flags.DEFINE_float("grace_seconds", 5, "After SIGTERM, wait this long before SIGKILL "
-                   "(TensorFlow traps SIGTERM).", lower_bound=0)
+from keras_tutorial import cli
 
 
 def free_ports(count: int) -> list[int]:
@@ -95,9 +90,18 @@ def launch(train_flags: list[str], workers: int, timeout: float = 0,
         out.flush()
 
 
+def define_flags() -> None:
+    flags.DEFINE_integer("workers", 2, "Number of local worker processes.", lower_bound=1)
+    flags.DEFINE_float("timeout", 0, "End the whole job after this many seconds (0: no limit).",
+                       lower_bound=0)
+    flags.DEFINE_float("grace_seconds", 5, "After SIGTERM, wait this long before SIGKILL "
+                       "(TensorFlow traps SIGTERM).", lower_bound=0)
+
+
 def main(argv: list[str]) -> None:
-    sys.exit(launch(argv[1:], FLAGS.workers, FLAGS.timeout, FLAGS.grace_seconds))
+    values = flags.FLAGS
+    sys.exit(launch(argv[1:], values.workers, values.timeout, values.grace_seconds))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -53,23 +52,32 @@ class EpochRecord:
     val_accuracy: float | None = None
 
 
-def write_json(path: str, content) -> None:
-    """Writes JSON atomically, so a reader (or a resumed run) never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
 def steps_per_epoch(num_train: int, global_batch_size: int, num_workers: int) -> int:
     """Full global batches per epoch when each worker reads an equal shard."""
     return (num_train // num_workers) // (global_batch_size // num_workers)
 
 
+def chunks(first_step: int, steps_per_epoch: int, steps_per_execution: int,
+           backup_every_steps: int = 0) -> Iterator[tuple[int, bool]]:
+    """(steps, back up after them) for each call from `first_step` to the end of its epoch.
+
+    Calls take `steps_per_execution` steps, fewer where one must end on a backup point (every
+    `backup_every_steps` global steps) or at the end of the epoch.
+    """
+    epoch_end = (first_step // steps_per_epoch + 1) * steps_per_epoch
+    step = first_step
+    while step < epoch_end:
+        end = min(epoch_end, step + steps_per_execution)
+        if backup_every_steps:
+            end = min(end, (step // backup_every_steps + 1) * backup_every_steps)
+        yield end - step, bool(backup_every_steps) and end % backup_every_steps == 0
+        step = end
+
+
 class Trainer:
     """Trains `model` under `strategy`, checkpointing to `config.backup_dir`.
 
-    Create the model and call `make_optimizer` inside `strategy.scope()` before this: the
+    Create the model and the optimizer inside `strategy.scope()` before this: the
     optimizer is built here, in the scope, as Keras 3 needs under distribution
     (keras-team/keras#23085).
     """
@@ -185,18 +193,6 @@ class Trainer:
         self._train_steps(iterator, tf.constant(0))
         self.trace_seconds = time.perf_counter() - started
 
-    def _chunks(self, first_step: int):
-        """Yields step counts that end on every backup point and at the end of the epoch."""
-        epoch_end = (first_step // self.steps_per_epoch + 1) * self.steps_per_epoch
-        every = self.config.backup_every_steps
-        step = first_step
-        while step < epoch_end:
-            end = min(epoch_end, step + self.config.steps_per_execution)
-            if every:
-                end = min(end, (step // every + 1) * every)
-            yield end - step, end % every == 0 if every else False
-            step = end
-
     def train(self, on_epoch_end: Callable[[EpochRecord], None]) -> list[EpochRecord]:
         """Runs the remaining epochs; returns the records of the epochs finished here."""
         records = []
@@ -211,7 +207,9 @@ class Trainer:
                 print(f"Epoch {epoch + 1}/{self.config.epochs}", flush=True)
             loss_sum = correct_sum = 0.0
             started = time.perf_counter()
-            for num_steps, backup_now in self._chunks(self.step):
+            for num_steps, backup_now in chunks(self.step, self.steps_per_epoch,
+                                                self.config.steps_per_execution,
+                                                self.config.backup_every_steps):
                 loss, correct = self._train_steps(iterator, tf.constant(num_steps))
                 loss_sum += float(loss)
                 correct_sum += float(correct)

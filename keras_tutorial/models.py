@@ -3,20 +3,18 @@
 Every builder takes raw uint8 images [batch,28,28,1], rescales them to [0,1] inside the model
 (so an exported model takes raw pixels) and returns float32 logits [batch,10]. A model trained
 on mirrored images can also average its logits over each image and its mirror when it predicts.
+Built with defaults, a model is stock Keras; the caller may ask for the fast paths of
+fastpath.py (`distribute.choose` says where they pay).
 """
 
 from __future__ import annotations
 
-import os
-
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
-from keras_tutorial import distribute
+from keras_tutorial import fastpath
 from keras_tutorial.data import IMAGE_SHAPE, NUM_CLASSES
 from keras_tutorial.errors import UserError
-from keras_tutorial.fused import FusedBatchNormalization
 
 MODELS = ("mlp", "cnn", "lstm")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
@@ -52,56 +50,6 @@ class AverageMirrors(layers.Layer):
         return ops.mean(ops.reshape(logits, (2, -1, logits.shape[-1])), axis=0)
 
 
-@keras.saving.register_keras_serializable(package="keras_tutorial")
-class BatchParallelLSTM(layers.LSTM):
-    """An LSTM that, on a CPU, runs `slices` parts of its batch as independent chains of ops.
-
-    A time step is a chain of small dependent ops (a 128x128 by 128x512 matmul, the gates'
-    elementwise maths) that keeps about one core busy; examples never interact in an LSTM, so
-    parts of the batch can run side by side on other cores and give the same results. On the
-    2-core machine 2 slices trained 1.4-1.5x faster, 3 slower (benchmarks/README.md). On a GPU
-    or TPU the whole batch stays one call (cuDNN's kernel, XLA's program).
-    """
-
-    def __init__(self, units: int, slices: int = 2, **kwargs):
-        super().__init__(units, **kwargs)
-        self.slices = slices
-
-    def _sliceable(self, mask) -> bool:
-        plain = (mask is None and not self.stateful and not self.dropout
-                 and not self.recurrent_dropout)
-        return (plain and self.slices > 1 and (os.cpu_count() or 1) > 1
-                and not distribute.has_accelerator())
-
-    def inner_loop(self, sequences, initial_state, mask, training=False):
-        whole = super().inner_loop
-        if not self._sliceable(mask):
-            return whole(sequences, initial_state, mask, training=training)
-        batch = sequences.shape[0]
-        if batch is None:  # A serving signature takes any batch, a single image included.
-            return tf.cond(tf.shape(sequences)[0] >= self.slices,
-                           lambda: self._sliced_loop(sequences, initial_state, training),
-                           lambda: whole(sequences, initial_state, None, training=training))
-        if batch < self.slices:
-            return whole(sequences, initial_state, None, training=training)
-        return self._sliced_loop(sequences, initial_state, training)
-
-    def _sliced_loop(self, sequences, initial_state, training):
-        """The Keras loop over each slice, its outputs and states concatenated back in order."""
-        batch = tf.shape(sequences)[0]
-        bounds = tf.range(self.slices + 1) * batch // self.slices
-        sizes = bounds[1:] - bounds[:-1]
-        parts = zip(tf.split(sequences, sizes, num=self.slices),
-                    *(tf.split(state, sizes, num=self.slices) for state in initial_state))
-        results = [super(BatchParallelLSTM, self).inner_loop(part, list(states), None,
-                                                             training=training)
-                   for part, *states in parts]
-        return tf.nest.map_structure(lambda *pieces: tf.concat(pieces, axis=0), *results)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "slices": self.slices}
-
-
 def _image_input(average_mirrors: bool) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """The raw-pixel input and the images to classify, rescaled to [0, 1]."""
     images = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="images")
@@ -131,24 +79,25 @@ def mlp(hidden_units: tuple[int, ...] = (256,), activation: str = "relu",
 
 def cnn(filters: tuple[int, ...] = (32, 64, 128), kernel_size: int = 3, pooling: str = "max",
         activation: str = "relu", dense_units: int = 128, dropout: float = 0.25,
-        batch_norm: bool = True, average_mirrors: bool = False) -> keras.Model:
+        batch_norm: bool = True, average_mirrors: bool = False,
+        fused_batch_norm: bool = False) -> keras.Model:
     """Conv blocks, then a dense layer with dropout: a small convnet that is strong on MNIST.
 
     Every block but the last halves the map with pooling (28 -> 26 -> 13 -> 11 -> 5 -> 3 by
     default). A block pools before it normalises and activates: max pooling commutes with
     ReLU, and batch norm over the pooled map costs a quarter as much (1.7x faster on CPU).
-    Batch norm trains with TensorFlow's fused kernel (fused.py; benchmarks/README.md).
     """
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("pooling", pooling, POOLINGS)
     pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D
+    norm = fastpath.FusedBatchNormalization if fused_batch_norm else layers.BatchNormalization
     images, x = _image_input(average_mirrors)
     for i, width in enumerate(filters):
         x = layers.Conv2D(width, kernel_size, use_bias=not batch_norm, name=f"conv_{i}")(x)
         if i < len(filters) - 1:
             x = pool(2, name=f"pool_{i}")(x)
         if batch_norm:
-            x = FusedBatchNormalization(name=f"batch_norm_{i}")(x)
+            x = norm(name=f"batch_norm_{i}")(x)
         x = layers.Activation(activation, name=f"{activation}_{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation=activation, name="dense")(x)
@@ -156,32 +105,37 @@ def cnn(filters: tuple[int, ...] = (32, 64, 128), kernel_size: int = 3, pooling:
     return keras.Model(images, _logits(x, average_mirrors), name="cnn")
 
 
-def lstm(units: int = 128, dense_units: int = 0, average_mirrors: bool = False) -> keras.Model:
+def lstm(units: int = 128, dense_units: int = 0, average_mirrors: bool = False,
+         slices: int = 1) -> keras.Model:
     """Reads each image as 28 time steps of 28 pixels; the last hidden state is classified.
 
     The LSTM keeps Keras's default activations, no recurrent dropout and no unrolling: the
-    conditions under which Keras runs it with the fused cuDNN kernel on a GPU. On a CPU it
-    runs two halves of each batch side by side (BatchParallelLSTM).
+    conditions under which Keras runs it with the fused cuDNN kernel on a GPU. `slices` > 1
+    runs parts of each batch side by side (fastpath.BatchParallelLSTM), for a CPU's cores.
     """
     images, x = _image_input(average_mirrors)
     x = layers.Reshape(IMAGE_SHAPE[:2], name="rows_as_steps")(x)
-    x = BatchParallelLSTM(units, name="lstm")(x)
+    recurrent = (fastpath.BatchParallelLSTM(units, slices=slices, name="lstm") if slices > 1
+                 else layers.LSTM(units, name="lstm"))
+    x = recurrent(x)
     if dense_units:
         x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     return keras.Model(images, _logits(x, average_mirrors), name="lstm")
 
 
 def build(name: str, activation: str = "relu", pooling: str = "max",
-          batch_norm: bool = True, average_mirrors: bool = False) -> keras.Model:
+          batch_norm: bool = True, average_mirrors: bool = False, fast_paths: bool = False,
+          lstm_slices: int = 1) -> keras.Model:
     """Builds a model by name with its default shape; the tutorial's knobs where they apply.
 
     `average_mirrors` suits a model trained on randomly mirrored images: it has learned both
     orientations, and averaging them when predicting removes some of each one's errors.
+    `fast_paths` uses fastpath.py's layers: the fused batch norm, and `lstm_slices` batch slices.
     """
     _check_choice("model", name, MODELS)
     if name == "mlp":
         return mlp(activation=activation, average_mirrors=average_mirrors)
     if name == "cnn":
         return cnn(activation=activation, pooling=pooling, batch_norm=batch_norm,
-                   average_mirrors=average_mirrors)
-    return lstm(average_mirrors=average_mirrors)
+                   average_mirrors=average_mirrors, fused_batch_norm=fast_paths)
+    return lstm(average_mirrors=average_mirrors, slices=lstm_slices if fast_paths else 1)

@@ -8,13 +8,12 @@ files and dataset splits, already 28x28 pixels, go through `serving_default`.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from keras_tutorial import data, export
+from keras_tutorial import cli, data, versions
 from keras_tutorial.errors import UserError
 
 FORMATS = ("table", "json")
@@ -90,21 +89,19 @@ def predict(export_dir: str, paths: list[str], version: int | None = None,
             max_examples: int = 0) -> list[dict]:
     """One row (file, class, class_name, probability) per image in `paths` and `dataset`."""
     inputs = gather_inputs(paths)
-    saved = export.open_version(export_dir, version)
+    saved = versions.open_version(export_dir, version)
     if dataset is not None:
-        images, _ = export.load_split(saved.info, split, dataset, data_dir, max_examples)
+        images, _ = saved.split(split, dataset, data_dir, max_examples)
         inputs.extend((f"{dataset}:{split}[{i}]", image) for i, image in enumerate(images))
     is_file = np.array([isinstance(item, bytes) for _, item in inputs], dtype=bool)
     probabilities = np.zeros((len(inputs), data.NUM_CLASSES), np.float32)
     if is_file.any():
-        serve_images = export.signature(saved.loaded, "serve_images", saved.path)
         probabilities[is_file] = classify_image_files(
-            serve_images, [inputs[i] for i in np.flatnonzero(is_file)])
+            saved.signature("serve_images"), [inputs[i] for i in np.flatnonzero(is_file)])
     if not is_file.all():
         pixels = np.stack([inputs[i][1] for i in np.flatnonzero(~is_file)])
-        probabilities[~is_file] = export.classify_arrays(
-            saved.loaded.signatures["serving_default"], pixels)["probabilities"]
-    names = export.class_names(saved.info)
+        probabilities[~is_file] = saved.classify(pixels)["probabilities"]
+    names = saved.class_names
     rows = []
     for (name, _), row in zip(inputs, probabilities):
         best = int(np.argmax(row))
@@ -123,33 +120,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _define_flags() -> None:
-    """Flags of `python -m keras_tutorial.predict`, defined only when it runs (see export.py)."""
-    flags.DEFINE_string("export_dir", None, "Export directory holding versions 1, 2, ...",
-                        required=True)
-    flags.DEFINE_integer("version", None, "Version to load (default: the newest).",
-                         lower_bound=1)
-    flags.DEFINE_enum("format", "table", FORMATS, "Print a table or a JSON list.")
-    flags.DEFINE_enum("dataset", None, data.DATASETS, "Also classify a split of this dataset.")
+def define_flags() -> None:
+    cli.define_version_flags("load")
+    cli.define_dataset_flags(data.DATASETS, "whose split to classify too",
+                             "default: none, only the files given")
     flags.DEFINE_enum("split", "test", ("train", "test"), "The split of --dataset.")
-    flags.DEFINE_string("data_dir", None, "Where --dataset is (IDX files, mnist.npz or TFDS).")
-    flags.DEFINE_integer("max_examples", 0, "At most this many examples of --dataset (0: all).",
-                         lower_bound=0)
+    flags.DEFINE_enum("format", "table", FORMATS, "Print a table or a JSON list.")
 
 
 def main(argv: list[str]) -> None:
-    FLAGS = flags.FLAGS
-    if len(argv) == 1 and FLAGS.dataset is None:
+    values = flags.FLAGS
+    if len(argv) == 1 and values.dataset is None:
         raise app.UsageError("nothing to classify: pass image or IDX files, or --dataset")
-    try:
-        rows = predict(FLAGS.export_dir, argv[1:], FLAGS.version, FLAGS.dataset, FLAGS.split,
-                       FLAGS.data_dir, FLAGS.max_examples)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(rows, indent=1) if FLAGS.format == "json" else format_table(rows))
+    rows = predict(values.export_dir, argv[1:], values.version, values.dataset, values.split,
+                   values.data_dir, values.max_examples)
+    print(json.dumps(rows, indent=1) if values.format == "json" else format_table(rows))
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

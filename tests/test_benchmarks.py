@@ -56,6 +56,7 @@ def _figures(node):
             yield from _figures(value)
 
 
+@pytest.mark.slow
 def test_every_section_is_present(tiny_run):
     results, _ = tiny_run
     assert SECTIONS <= set(results)
@@ -69,6 +70,7 @@ def test_every_section_is_present(tiny_run):
     assert results["settings"]["tiny"] is True
 
 
+@pytest.mark.slow
 def test_figures_are_positive_and_ratios_match_the_raw_numbers(tiny_run):
     results, _ = tiny_run
     peak = results["peak"]["gflops"]
@@ -88,6 +90,7 @@ def test_figures_are_positive_and_ratios_match_the_raw_numbers(tiny_run):
             assert fig["peak_fraction"] == pytest.approx(fig["gflops"] / peak)
 
 
+@pytest.mark.slow
 def test_flops_and_targets_follow_from_the_figures(tiny_run):
     results, _ = tiny_run
     mlp = results["models"]["mlp"]
@@ -118,6 +121,7 @@ def test_flops_and_targets_follow_from_the_figures(tiny_run):
         assert row["met"] is met
 
 
+@pytest.mark.slow
 def test_readme_section_is_replaced_and_prose_kept(tiny_run):
     results, readme = tiny_run
     assert readme.startswith(PROSE) and readme.endswith("\n\nMore prose.\n")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -24,36 +25,58 @@ def test_auto_strategy_follows_the_hardware(requested, workers, gpus, tpu, expec
     assert distribute.choose_strategy_name(requested, workers, gpus, tpu) == expected
 
 
-@pytest.mark.parametrize("requested, kind, capability, expected", [
-    ("auto", "cpu", None, "float32"),
-    ("auto", "gpu", (7, 5), "mixed_float16"),
-    ("auto", "gpu", (9, 0), "mixed_bfloat16"),
-    ("auto", "tpu", None, "mixed_bfloat16"),
-    ("mixed_float16", "cpu", None, "mixed_float16"),
+CPU, GPU_AMPERE, GPU_VOLTA = (distribute.Devices(cpu_cores=2),
+                              distribute.Devices(gpus=1, compute_capability=(8, 0), cpu_cores=8),
+                              distribute.Devices(gpus=1, compute_capability=(7, 0), cpu_cores=8))
+GPUS, TPU = (distribute.Devices(gpus=4, compute_capability=(9, 0), cpu_cores=32),
+             distribute.Devices(tpu=True, cpu_cores=96))
+
+
+# What each machine gets with every flag at `auto`, as docs/scale.md and `--help` say:
+# (strategy, device kind, precision, XLA, threads per op, fast paths, LSTM slices).
+@pytest.mark.parametrize("devices, model, expected", [
+    (CPU, "mlp", ("default", "cpu", "float32", False, 1, True, 2)),
+    (CPU, "cnn", ("default", "cpu", "float32", False, 0, True, 2)),
+    (CPU, "lstm", ("default", "cpu", "float32", False, 0, True, 2)),
+    (distribute.Devices(cpu_cores=1), "lstm", ("default", "cpu", "float32", False, 0, True, 1)),
+    (GPU_AMPERE, "mlp", ("one_device", "gpu", "mixed_bfloat16", True, 0, False, 1)),
+    (GPU_AMPERE, "lstm", ("one_device", "gpu", "mixed_bfloat16", False, 0, False, 1)),
+    (GPU_VOLTA, "cnn", ("one_device", "gpu", "mixed_float16", True, 0, False, 1)),
+    (GPUS, "cnn", ("mirrored", "gpu", "mixed_bfloat16", True, 0, False, 1)),
+    (TPU, "lstm", ("tpu", "tpu", "mixed_bfloat16", True, 0, False, 1)),
+    (distribute.Devices(workers=2, cpu_cores=2), "mlp",
+     ("multi_worker", "cpu", "float32", False, 1, True, 2)),
 ])
-def test_precision_resolves_as_documented(requested, kind, capability, expected):
-    assert distribute.choose_precision(requested, kind, capability) == expected
+def test_auto_chooses_per_machine_as_documented(devices, model, expected):
+    assert dataclasses.astuple(distribute.choose(devices, model)) == expected
 
 
-def test_jit_resolves_as_measured_on_cpu():
-    for model in ("mlp", "cnn", "lstm"):
-        assert distribute.choose_jit("auto", model, "cpu") is distribute.JIT_WHEN_AUTO["cpu"][model]
-        assert distribute.choose_jit("true", model, "cpu") is True
-        assert distribute.choose_jit("false", model, "gpu") is False
-    assert distribute.choose_jit("auto", "lstm", "gpu") is False  # Keeps the cuDNN kernel.
+def test_explicit_choices_override_auto():
+    choices = distribute.choose(GPU_VOLTA, "lstm", strategy="default", precision="float32",
+                                jit_compile="true", intra_op_threads=3)
+    assert (choices.strategy, choices.precision, choices.jit_compile,
+            choices.intra_op_threads) == ("default", "float32", True, 3)
+    assert distribute.choose(CPU, "cnn", jit_compile="true").jit_compile is True
+    assert distribute.choose(CPU, "cnn", precision="mixed_bfloat16").precision == "mixed_bfloat16"
 
 
-def test_threads_per_op_resolve_as_measured():
-    assert distribute.choose_intra_op_threads(None, "mlp", accelerated=False) == 1
-    assert distribute.choose_intra_op_threads(None, "cnn", accelerated=False) == 0
-    assert distribute.choose_intra_op_threads(None, "mlp", accelerated=True) == 0
-    assert distribute.choose_intra_op_threads(3, "cnn", accelerated=False) == 3
+@pytest.mark.parametrize("devices, settings, message", [
+    (CPU, {"strategy": "best"}, "unknown strategy 'best'"),
+    (CPU, {"precision": "int8"}, "unknown precision 'int8'"),
+    (CPU, {"jit_compile": "maybe"}, "unknown jit_compile 'maybe'"),
+    (distribute.Devices(workers=2), {"strategy": "mirrored"},
+     "TF_CONFIG describes 2 workers but --strategy=mirrored"),
+])
+def test_impossible_choices_are_one_line_errors(devices, settings, message):
+    with pytest.raises(UserError, match=message):
+        distribute.choose(devices, "mlp", **settings)
 
 
 def test_threads_per_op_cannot_change_once_tensorflow_runs():
     tf.constant(0)  # Starts TensorFlow, as a notebook's first cell would.
-    other = tf.config.threading.get_intra_op_parallelism_threads() + 1
-    assert distribute.set_intra_op_threads(other, required=False) is False
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    other = current + 1
+    assert distribute.set_intra_op_threads(other, required=False) == current
     with pytest.raises(UserError, match=f"intra_op_threads={other} must be set before"):
         distribute.set_intra_op_threads(other, required=True)
 
@@ -75,14 +98,16 @@ def test_tf_config_is_read_or_rejected_in_one_line():
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from keras_tutorial import data, distribute, loop, models, train
+    from keras_tutorial import data, distribute, experiment, loop, models, objectives
+    from keras_tutorial.config import TrainConfig
     distribute.split_cpu(2)
-    strategy = distribute.make_strategy("mirrored", distribute.Cluster())
+    strategy = distribute.make_strategy("mirrored", distribute.detect_devices())
     pipelines = data.make_pipelines(data.synthetic_arrays(1400, 100, seed=0), 32, 0, 200)
     with strategy.scope():
         model = models.build("mlp")
-        optimizer = train.make_optimizer("adam", 1e-3, 200)
-    trainer = loop.Trainer(strategy, model, optimizer, train.make_loss("cross_entropy"), pipelines,
+        optimizer = objectives.make_optimizer("adam", 1e-3, 200)
+    trainer = loop.Trainer(strategy, model, optimizer, objectives.make_loss("cross_entropy"),
+                           pipelines,
                            loop.LoopConfig(epochs=3, global_batch_size=32, seed=0,
                                            backup_dir=sys.argv[1], verbose=False))
     images, labels = next(trainer._epoch_iterator(epoch=0, skip_steps=0))
@@ -90,9 +115,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     records = trainer.train(lambda record: None)
     copies = [strategy.experimental_local_results(v.value) for v in model.trainable_variables]
     identical = all(len(c) == 2 and np.array_equal(c[0].numpy(), c[1].numpy()) for c in copies)
-    config = train.TrainConfig(model="mlp", dataset="synthetic", epochs=1, batch_size=32).resolved()
-    with strategy.scope():  # Keras fit, as the notebooks use it, with the MLP's 16 steps per call.
-        compiled = train.build_compiled_model(config, steps_per_epoch=40)
+    config = TrainConfig(model="mlp", dataset="synthetic", epochs=1, batch_size=32).resolved()
+    with strategy.scope():  # Keras fit with the MLP's 16 steps per call.
+        compiled = experiment.build_compiled_model(config, steps_per_epoch=40)
     fit_loss = compiled.fit(pipelines.train, epochs=1, verbose=0).history["loss"][-1]
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "batches": replica_batches,
                       "losses": [r.loss for r in records], "identical": identical,
@@ -101,6 +126,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpu_replicas(tmp_path):
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
@@ -121,6 +147,7 @@ def _train_cli(*flags, env=None):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is present")
 @pytest.mark.parametrize("flags, env, message", [
     (["--strategy=one_device"], None, "error: --strategy=one_device needs a GPU"),

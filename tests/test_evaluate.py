@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, evaluate, export
+from keras_tutorial import data, evaluate, versions
 from keras_tutorial.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_cli_prints_and_writes_the_report_and_pictures(export_dir, tmp_path):
 
 def test_bad_input_writes_nothing(tmp_path, export_dir):
     (tmp_path / "export").mkdir()
-    with pytest.raises(export.ExportError) as excinfo:
+    with pytest.raises(versions.ExportError) as excinfo:
         evaluate.run(str(tmp_path / "export"), str(tmp_path / "out"))
     assert str(excinfo.value) == f"export directory {tmp_path / 'export'} has no versions " \
         "(numbered directories 1, 2, ... that an export writes)"

@@ -3,6 +3,8 @@ import json
 import re
 import time
 
+import pytest
+
 from keras_tutorial import launch
 
 TINY_JOB = ["--model=mlp", "--dataset=synthetic", "--max_examples=1200", "--validation_size=200",
@@ -16,6 +18,7 @@ def test_each_worker_gets_its_own_tf_config():
     assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
 
 
+@pytest.mark.slow
 def test_two_workers_train_identical_weights_on_different_examples(tmp_path):
     out = io.StringIO()
     code = launch.launch([*TINY_JOB, f"--workdir={tmp_path / 'run'}",
@@ -36,12 +39,14 @@ def test_two_workers_train_identical_weights_on_different_examples(tmp_path):
     assert summary["test_accuracy"] > 0.6
 
 
+@pytest.mark.slow
 def test_a_failed_worker_ends_the_job(tmp_path):
     out = io.StringIO()
     assert launch.launch(["--model=bogus", f"--workdir={tmp_path}"], workers=2, out=out) != 0
     assert "exited with status" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_stuck_job_is_ended_at_its_timeout(tmp_path):
     out = io.StringIO()
     started = time.monotonic()

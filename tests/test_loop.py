@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from keras_tutorial import loop
 
 QUICK_RUN = ["--model=mlp", "--dataset=synthetic", "--max_examples=2000", "--validation_size=200",
@@ -51,6 +53,7 @@ def _kill_after_next_backup(workdir, *extra):
     process.wait()
 
 
+@pytest.mark.slow
 def test_twice_killed_deterministic_run_resumes_to_identical_weights(tmp_path):
     flags = ["--deterministic", "--backup_every_steps=9"]
     _finish(_train(tmp_path / "straight", *flags))
@@ -64,6 +67,7 @@ def test_twice_killed_deterministic_run_resumes_to_identical_weights(tmp_path):
     assert resumed["test_accuracy"] == _summary(tmp_path / "straight")["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_retrained_and_other_flags_are_refused(tmp_path):
     _finish(_train(tmp_path))
     digest = _summary(tmp_path)["weights_digest"]
@@ -80,3 +84,11 @@ def test_finished_run_is_not_retrained_and_other_flags_are_refused(tmp_path):
 def test_steps_per_epoch_uses_equal_worker_shards():
     assert loop.steps_per_epoch(55_000, 128, 1) == 429
     assert loop.steps_per_epoch(55_001, 128, 2) == 429  # Each worker: 27,500 examples, 64 a step.
+
+
+def test_calls_end_on_every_backup_point_and_at_the_epoch_s_end():
+    # 10 steps an epoch, 4 per call, a backup every 3 global steps, starting at step 11.
+    assert list(loop.chunks(11, 10, 4, 3)) == [(1, True), (3, True), (3, True), (2, False)]
+    assert list(loop.chunks(0, 10, 4)) == [(4, False), (4, False), (2, False)]
+    assert list(loop.chunks(7, 10, 16, 4)) == [(1, True), (2, False)]
+    assert list(loop.chunks(20, 10, 1, 10)) == [(1, False)] * 9 + [(1, True)]

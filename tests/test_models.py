@@ -1,7 +1,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_tutorial import models
 
@@ -47,33 +46,6 @@ def test_mirror_averaging_model_predicts_the_mean_over_image_and_mirror(name):
                                    plain(images, training=True), rtol=1e-5, atol=1e-6)
 
 
-def test_lstm_run_as_batch_slices_computes_what_one_keras_lstm_computes():
-    keras.utils.set_random_seed(0)
-    sliced = models.BatchParallelLSTM(16, slices=2)
-    plain = keras.layers.LSTM(16)
-    sequences = np.random.default_rng(2).normal(size=(9, 5, 3)).astype(np.float32)
-    sliced.build(sequences.shape)
-    plain.build(sequences.shape)
-    plain.set_weights(sliced.get_weights())
-
-    def outputs_and_gradients(layer, batch):
-        with tf.GradientTape() as tape:
-            outputs = layer(sequences[:batch], training=True)
-            loss = tf.reduce_sum(outputs * tf.range(16, dtype=tf.float32))
-        return [outputs] + tape.gradient(loss, layer.trainable_variables)
-
-    for batch in (9, 2, 1):  # Uneven halves, one example each, and too few to slice.
-        for run in (outputs_and_gradients, tf.function(outputs_and_gradients)):
-            for got, expected in zip(run(sliced, batch), run(plain, batch)):
-                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    unknown_batch = tf.function(lambda batch: sliced(tf.constant(sequences)[:batch]),
-                                input_signature=[tf.TensorSpec((), tf.int32)])
-    for batch in (9, 1):
-        np.testing.assert_allclose(unknown_batch(batch), plain(sequences[:batch]), rtol=1e-5,
-                                   atol=1e-6)
-    assert models.BatchParallelLSTM.from_config(sliced.get_config()).slices == 2
-
-
 def test_rescaling_is_inside_the_model():
     model = models.build("mlp")
     white = np.full((1, 28, 28, 1), 255, np.uint8)
@@ -81,12 +53,38 @@ def test_rescaling_is_inside_the_model():
     np.testing.assert_allclose(np.asarray(rescaled), 1.0)
 
 
+def _layer_types(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
 def test_tutorial_knobs():
     assert models.build("mlp", activation="sigmoid").get_layer("hidden_0").activation.__name__ \
         == "sigmoid"
     cnn = models.build("cnn", activation="tanh", pooling="average")
-    assert isinstance(cnn.get_layer("pool_0"), keras.layers.AveragePooling2D)
-    assert models.cnn(batch_norm=True).get_layer("batch_norm_0") is not None
+    assert [cnn.get_layer(f"tanh_{i}").activation.__name__ for i in range(3)] == ["tanh"] * 3
+    assert cnn.get_layer("dense").activation.__name__ == "tanh"
+    assert _layer_types(cnn).count("AveragePooling2D") == 2
+    assert "MaxPooling2D" not in _layer_types(cnn)
+
+
+def test_cnn_with_and_without_batch_norm():
+    with_norm, without = models.build("cnn"), models.build("cnn", batch_norm=False)
+    assert _layer_types(with_norm).count("BatchNormalization") == 3
+    assert "BatchNormalization" not in _layer_types(without)
+    # Without batch norm the convolutions need their biases back: 32 + 64 + 128 of them, where
+    # batch norm had 4 weights per channel.
+    assert without.count_params() == with_norm.count_params() - 3 * (32 + 64 + 128)
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    assert np.all(np.isfinite(without(images)))
+
+
+def test_fast_paths_only_when_asked():
+    assert "FusedBatchNormalization" in _layer_types(models.build("cnn", fast_paths=True))
+    assert "FusedBatchNormalization" not in _layer_types(models.build("cnn"))
+    assert _layer_types(models.build("lstm", fast_paths=True, lstm_slices=2))[-2] == \
+        "BatchParallelLSTM"
+    assert _layer_types(models.build("lstm", lstm_slices=2))[-2] == "LSTM"
+    assert _layer_types(models.build("lstm", fast_paths=True, lstm_slices=1))[-2] == "LSTM"
 
 
 @pytest.mark.parametrize("kwargs, message", [

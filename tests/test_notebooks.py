@@ -88,30 +88,6 @@ def _text(cell):
     return "".join(o.get("text", "") for o in _outputs(cell, "stream"))
 
 
-def test_figure_check_flags_missing_titles_and_labels():
-    """The check injected into the notebooks, run here on figures built for it."""
-    from matplotlib.figure import Figure
-
-    namespace = {}
-    exec(FIGURE_CHECK, namespace)
-    namespace["_backend_bases"].FigureCanvasBase.print_figure = namespace["_print_figure"]
-    problems = namespace["_figure_problems"]
-
-    good = Figure()
-    ax = good.add_subplot()
-    ax.plot([0, 1], [1, 0])
-    ax.set(title="a title", xlabel="x", ylabel="y")
-    good.colorbar(ax.imshow([[0, 1]]), label="value")
-    assert problems(good) == []
-
-    bad = Figure()
-    ax = bad.add_subplot()
-    ax.plot([0, 1], [1, 0])
-    ax.set_xlabel("x")
-    bad.colorbar(ax.imshow([[0, 1]]))
-    assert problems(bad) == ["no title", "axes '' has no y label", "a colorbar has no label"]
-
-
 def test_notebooks_are_numbered_in_reading_order():
     numbers = [int(os.path.basename(path)[:2]) for path in NOTEBOOKS]
     assert numbers == list(range(1, 6)), [os.path.basename(path) for path in NOTEBOOKS]
@@ -144,6 +120,7 @@ def test_readme_check_list_names_real_sections():
         assert heading in headings[number], (number, heading)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_in_quick_mode(path, kernel_spec_manager, monkeypatch):
     monkeypatch.setenv("KERAS_TUTORIAL_QUICK", "1")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, export, predict
+from keras_tutorial import data, predict, versions
 from keras_tutorial.errors import UserError
 from conftest import idx_bytes
 
@@ -99,7 +99,7 @@ def test_unusable_export_dirs_are_one_line_errors(export_dir, tmp_path, bordered
     directory = shutil.copytree(export_dir, tmp_path / "export")
     break_it(directory)
     image = _write(tmp_path / "image.png", tf.io.encode_png(bordered_arrays.x_test[0]).numpy())
-    with pytest.raises(export.ExportError) as excinfo:
+    with pytest.raises(versions.ExportError) as excinfo:
         predict.predict(str(directory), [image], version=version)
     assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
 

@@ -1,3 +1,5 @@
+"""The command line: flags -> TrainConfig -> experiment.run, one-line errors, --help."""
+
 import json
 import os
 import subprocess
@@ -7,47 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, train
-
-SUMMARY_KEYS = {
-    "model", "dataset", "epochs", "test_accuracy", "test_loss", "params",
-    "train_examples_per_sec", "first_epoch_examples_per_sec", "wall_seconds",
-    "tensorflow_version", "keras_version", "strategy", "replicas", "export_path",
-    "trace_seconds", "intra_op_threads"}
+from keras_tutorial import config, data
+from test_experiment import SUMMARY_KEYS
 
 
 def _cli(*flags, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "keras_tutorial.train", *flags],
                           capture_output=True, text=True, cwd=cwd, timeout=300,
                           env={**os.environ, **(env or {})})
-
-
-# The CNN gets more, smaller steps: its batch norm's moving statistics trail the weights, and
-# catch up only once the learning rate has decayed over several hundred steps.
-@pytest.mark.parametrize("model, loss, batch_size, epochs", [
-    ("mlp", "cross_entropy", 32, 3), ("mlp", "mean_squared_error", 32, 3),
-    ("cnn", "cross_entropy", 8, 6), ("lstm", "cross_entropy", 32, 3)])
-def test_learns_far_above_chance(tmp_path, model, loss, batch_size, epochs):
-    summary = train.run(train.TrainConfig(
-        model=model, dataset="synthetic", loss=loss, max_examples=1200, validation_size=200,
-        epochs=epochs, batch_size=batch_size, workdir=str(tmp_path), export=False,
-        verbose=False))
-    assert summary["test_accuracy"] > 0.6  # Chance is 0.1.
-    assert SUMMARY_KEYS <= set(summary)
-    with open(tmp_path / "summary.json") as f:
-        assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
-
-
-@pytest.mark.parametrize("model, dataset, augment", [
-    ("cnn", "fashion_mnist", "flip"), ("cnn", "mnist", "none"), ("cnn", "kmnist", "none"),
-    ("cnn", "synthetic", "none"), ("lstm", "fashion_mnist", "none")])
-def test_images_are_mirrored_by_default_only_where_labels_survive_it(model, dataset, augment):
-    config = train.TrainConfig(model=model, dataset=dataset).resolved()
-    assert config.augment == augment
-    mirrors = [layer.name for layer in train.build_model(config).layers if "mirrors" in layer.name]
-    assert mirrors == (["append_mirrors", "average_mirrors"] if augment == "flip" else [])
-    assert train.TrainConfig(model=model, dataset=dataset,
-                             augment="none").resolved().augment == "none"
 
 
 def test_cli_end_to_end_on_idx_files(tmp_path, idx_dir, small_arrays):
@@ -93,3 +62,11 @@ def test_default_dataset_offline_fails_fast(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: dataset 'mnist' is not in") and "--data_dir" in last_line
     assert "Traceback" not in result.stderr
+
+
+def test_help_shows_every_setting_with_its_single_default():
+    result = _cli("--help")
+    for field in ("model", "epochs", "learning_rate", "steps_per_execution", "intra_op_threads"):
+        assert f"--{field}" in result.stdout
+    assert "cnn 15" in result.stdout  # The CNN's default epochs, from config.MODEL_DEFAULTS.
+    assert f"default: '{config.TrainConfig().validation_size}'" in result.stdout

@@ -1,0 +1,133 @@
+"""An export directory in TF Serving's layout: numbered versions, and opening one to use it.
+
+`predict`, `evaluate` and `tflite` read versions through here, so they find, load and check a
+version the same way, and turn each way it can be wrong into one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from google.protobuf import message
+import numpy as np
+import tensorflow as tf
+
+from keras_tutorial import data
+from keras_tutorial.errors import UserError
+
+METADATA_FILE = "export_info.json"
+
+
+class ExportError(UserError):
+    """An export directory or version that cannot be used; the message is one line."""
+
+
+def versions(export_dir: str) -> list[int]:
+    """The integer versions present in `export_dir`, oldest first."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(export_dir)
+                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+
+
+def version_path(export_dir: str, version: int | None = None) -> str:
+    """The directory of `version` under `export_dir`, by default of the newest version."""
+    if not os.path.isdir(export_dir):
+        raise ExportError(f"export directory {export_dir} does not exist or is not a directory")
+    found = versions(export_dir)
+    if not found:
+        raise ExportError(f"export directory {export_dir} has no versions (numbered "
+                          "directories 1, 2, ... that an export writes)")
+    if version is None:
+        return os.path.join(export_dir, str(found[-1]))
+    if version not in found:
+        raise ExportError(f"export directory {export_dir} has no version {version}, only "
+                          f"{', '.join(map(str, found))}")
+    return os.path.join(export_dir, str(version))
+
+
+def first_line(error: Exception) -> str:
+    """An exception's first line of text, for one-line messages."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def load_saved_model(path: str) -> tf.types.experimental.Trackable:
+    """Loads an exported version, checking that it is a SavedModel with `serving_default`."""
+    if not tf.saved_model.contains_saved_model(path):
+        raise ExportError(f"{path} is not a SavedModel (it has no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError, message.DecodeError) as e:
+        raise ExportError(f"{path}: cannot load the SavedModel ({first_line(e)})") from None
+    if "serving_default" not in loaded.signatures:
+        raise ExportError(f"{path} has no serving_default signature")
+    return loaded
+
+
+def read_info(path: str) -> dict:
+    """The `export_info.json` of a version: what produced it; empty if it has none."""
+    info_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(info_path):
+        return {}
+    try:
+        with open(info_path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{info_path}: cannot read it as JSON ({first_line(e)})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """An exported version, loaded: its directory, the SavedModel and its export_info.json.
+    Keep it referenced while calling its signatures, which read the loaded variables."""
+
+    path: str
+    loaded: tf.types.experimental.Trackable
+    info: dict
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names it was exported with, else those of its recorded dataset."""
+        if "class_names" in self.info:
+            return tuple(self.info["class_names"])
+        return data.CLASS_NAMES.get(self.info.get("dataset"), data.CLASS_NAMES["mnist"])
+
+    def signature(self, name: str) -> tf.types.experimental.ConcreteFunction:
+        """One signature; an older export may lack `serve_images`."""
+        if name not in self.loaded.signatures:
+            raise ExportError(f"{self.path} has no {name} signature (an export older than "
+                              "it): train and export the model again")
+        return self.loaded.signatures[name]
+
+    def classify(self, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
+        """Runs `serving_default` over uint8 images [N,28,28,1] in batches; outputs as arrays."""
+        serve = self.signature("serving_default")
+        batches = [serve(images=tf.constant(images[start:start + batch_size]))
+                   for start in range(0, len(images), batch_size)]
+        return {key: np.concatenate([batch[key].numpy() for batch in batches])
+                for key in ("probabilities", "classes")}
+
+    def split(self, split: str, dataset: str | None = None, data_dir: str | None = None,
+              max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of a dataset split, by default of the dataset it was trained on.
+
+        The recorded `data_dir` is the one training was given, relative to where it ran.
+        """
+        config = self.info.get("config", {})
+        if split not in ("train", "test"):
+            raise UserError(f"unknown split '{split}', expected train or test")
+        if dataset is None:
+            dataset, data_dir = self.info.get("dataset"), data_dir or config.get("data_dir")
+        if dataset is None:
+            raise UserError(f"{self.path} does not record its dataset: pass --dataset")
+        arrays = data.load_arrays(dataset, data_dir, max_examples, seed=config.get("seed", 0))
+        return ((arrays.x_train, arrays.y_train) if split == "train"
+                else (arrays.x_test, arrays.y_test))
+
+
+def open_version(export_dir: str, version: int | None = None) -> Version:
+    """Loads `version` of `export_dir` (the newest by default) with what produced it."""
+    path = version_path(export_dir, version)
+    return Version(path, load_saved_model(path), read_info(path))

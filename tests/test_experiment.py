@@ -1,0 +1,55 @@
+"""One training run end to end, as the command line and the notebooks call it."""
+
+import json
+
+import pytest
+
+from keras_tutorial import experiment
+from keras_tutorial.config import TrainConfig
+
+SUMMARY_KEYS = {
+    "model", "dataset", "epochs", "test_accuracy", "test_loss", "params",
+    "train_examples_per_sec", "first_epoch_examples_per_sec", "wall_seconds",
+    "tensorflow_version", "keras_version", "strategy", "replicas", "export_path",
+    "trace_seconds", "intra_op_threads", "fast_paths", "weights_digest"}
+
+
+def _quick(tmp_path, **settings):
+    return TrainConfig(**{"dataset": "synthetic", "max_examples": 1200, "validation_size": 200,
+                          "workdir": str(tmp_path), "export": False, "verbose": False,
+                          **settings})
+
+
+# The CNN gets more, smaller steps: its batch norm's moving statistics trail the weights, and
+# catch up only once the learning rate has decayed over several hundred steps.
+@pytest.mark.parametrize("model, loss, batch_size, epochs", [
+    ("mlp", "cross_entropy", 32, 3), ("mlp", "mean_squared_error", 32, 3),
+    ("cnn", "cross_entropy", 8, 6), ("lstm", "cross_entropy", 32, 3)])
+def test_learns_far_above_chance(tmp_path, model, loss, batch_size, epochs):
+    result = experiment.run(_quick(tmp_path, model=model, loss=loss, epochs=epochs,
+                                   batch_size=batch_size))
+    summary = result.summary
+    assert summary["test_accuracy"] > 0.6  # Chance is 0.1.
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["strategy"] == "default"
+    assert [record["epoch"] for record in result.history] == list(range(1, epochs + 1))
+    with open(tmp_path / "summary.json") as f:
+        assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_a_finished_run_returns_its_summary_and_trained_model(tmp_path):
+    first = experiment.run(_quick(tmp_path, epochs=2))
+    again = experiment.run(_quick(tmp_path, epochs=2))
+    assert again.summary == first.summary
+    assert len(again.history) == 2
+    for before, after in zip(first.model.get_weights(), again.model.get_weights()):
+        assert (before == after).all()
+
+
+@pytest.mark.parametrize("model, dataset, mirrored", [
+    ("cnn", "fashion_mnist", True), ("cnn", "mnist", False), ("mlp", "fashion_mnist", False),
+    ("lstm", "fashion_mnist", False)])
+def test_a_model_trained_on_mirrors_predicts_over_mirrors(model, dataset, mirrored):
+    built = experiment.build_model(TrainConfig(model=model, dataset=dataset).resolved())
+    names = [layer.name for layer in built.layers if "mirrors" in layer.name]
+    assert names == (["append_mirrors", "average_mirrors"] if mirrored else [])
