@@ -2,7 +2,9 @@
 
 Every source is first read into the same in-memory arrays (uint8 images [N,28,28,1] and
 int32 labels [N]); one pipeline function then serves them all. MNIST-sized data is 55 MB,
-so holding it in memory is both the simplest and the fastest choice.
+so holding it in memory is both the simplest and the fastest choice. One module of ~360 lines
+on purpose: sources and pipelines meet in `Arrays`, and half of it is the IDX file checks that
+turn every corrupt file into one line.
 """
 
 from __future__ import annotations
