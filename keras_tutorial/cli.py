@@ -2,14 +2,17 @@
 
 A command module defines its flags in a function and ends with `cli.run(main, define_flags)`:
 flags exist only in the process whose command parses them, a `UserError` becomes one line on
-standard error and exit status 2, and TensorFlow's start-up chatter is quieted. Library modules
-never read flags.
+standard error and exit status 2, and so does any error about a file or directory (`error:
+<path>: <reason>`), Python's or TensorFlow's; TensorFlow's start-up chatter is quieted. Library
+modules never read flags.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -23,6 +26,11 @@ from keras_tutorial.errors import UserError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_USER_ERROR = 2
+# The operating system's reasons, with which TensorFlow's file errors end ("<path>; <reason>").
+_OS_REASONS = frozenset(os.strerror(code) for code in errno.errorcode)
+# TensorFlow's message around the path: "{{function_node ...}} " before it, " [Op:SaveV2]" after.
+_TF_FILE_ERROR = re.compile(r"(?:\{\{.*?\}\} )?(?:[^;]*?: )?(?P<path>[^;]+?); (?P<reason>[^;\[]+?)"
+                            r"(?: \[Op:\w+\])?")
 
 
 def fail(message: str) -> None:
@@ -42,8 +50,38 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> 
             main(argv)
         except UserError as e:
             fail(str(e))
+        except Exception as e:
+            message = file_error(e)
+            if message is None:
+                raise  # A bug: its traceback is what helps.
+            fail(message)
 
-    app.run(reported)
+    app.run(reported, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a refused flag as one line and exit status 2, not a usage dump."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+
+
+def file_error(error: Exception) -> str | None:
+    """`<path>: <reason>` for an error about a file or directory: an OSError, or one of the
+    TensorFlow errors that wrap them (checkpoint, SavedModel and summary writes); else None."""
+    if isinstance(error, OSError):
+        paths = [str(path) for path in (error.filename, error.filename2) if path is not None]
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"{' -> '.join(paths)}: {reason}" if paths else reason
+    tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    if tf_errors is None or not isinstance(error, tf_errors.OpError):
+        return None
+    lines = error.message.strip().splitlines()
+    match = _TF_FILE_ERROR.fullmatch(lines[0]) if lines else None
+    if match is None or match["reason"] not in _OS_REASONS:
+        return None
+    return f"{match['path']}: {match['reason']}"
 
 
 def no_arguments(argv: list[str]) -> None:

@@ -59,6 +59,7 @@ class TrainConfig:
     intra_op_threads: int | None = None
     precision: str = "auto"
     jit_compile: str = "auto"
+    fast_paths: str = "auto"
     steps_per_execution: int | None = None
     backup_every_steps: int = 0
     deterministic: bool = False
@@ -90,7 +91,8 @@ class TrainConfig:
                               ("activation", models.ACTIVATIONS), ("pooling", models.POOLINGS),
                               ("augment", AUGMENT_CHOICES), ("strategy", distribute.STRATEGIES),
                               ("precision", distribute.PRECISIONS),
-                              ("jit_compile", distribute.JIT_CHOICES)):
+                              ("jit_compile", distribute.JIT_CHOICES),
+                              ("fast_paths", distribute.FAST_PATH_CHOICES)):
             if getattr(self, name) not in choices:
                 raise UserError(f"unknown {name} '{getattr(self, name)}', expected one of "
                                 f"{', '.join(choices)}")

@@ -9,6 +9,7 @@ devices when asked, and reads the cluster from `TF_CONFIG`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -22,6 +23,7 @@ from keras_tutorial.errors import UserError
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "true", "false")
+FAST_PATH_CHOICES = ("auto", "true", "false")
 
 # XLA per device kind and model, as measured (benchmarks/README.md): on CPUs it slowed every
 # model; on accelerators it fuses the many small ops, except that the LSTM on a GPU would lose
@@ -63,32 +65,43 @@ class Choices:
 
 
 def choose(devices: Devices, model: str, strategy: str = "auto", precision: str = "auto",
-           jit_compile: str = "auto", intra_op_threads: int | None = None) -> Choices:
+           jit_compile: str = "auto", intra_op_threads: int | None = None,
+           fast_paths: str = "auto", deterministic: bool = False,
+           pooling: str = "max") -> Choices:
     """Resolves every `auto` for `model` on `devices`: a pure function of its arguments.
 
     The fast paths (fastpath.py) and the LSTM's batch slices were measured to pay on CPUs
-    only, so accelerators run stock Keras.
+    only, so accelerators run stock Keras; the slices need the cores of a CPU even when the
+    fast paths are asked for elsewhere. XLA has no deterministic gradient of max pooling
+    ("GPU MaxPool gradient ops do not yet have a deterministic XLA implementation", raised on
+    CPUs too), so a deterministic CNN that pools so runs without it.
     """
     name = choose_strategy_name(strategy, devices.workers, devices.gpus, devices.tpu)
     if devices.workers > 1 and name != "multi_worker":
         raise UserError(f"TF_CONFIG describes {devices.workers} workers but --strategy={name}; "
                         "use --strategy=multi_worker or auto")
     kind = "tpu" if name == "tpu" else "gpu" if devices.gpus else "cpu"
-    if jit_compile not in JIT_CHOICES:
-        raise UserError(f"unknown jit_compile '{jit_compile}', expected one of "
-                        f"{', '.join(JIT_CHOICES)}")
+    for setting, value, allowed in (("jit_compile", jit_compile, JIT_CHOICES),
+                                    ("fast_paths", fast_paths, FAST_PATH_CHOICES)):
+        if value not in allowed:
+            raise UserError(f"unknown {setting} '{value}', expected one of {', '.join(allowed)}")
     accelerated = bool(devices.gpus) or devices.tpu
     on_cpu = kind == "cpu"
+    fast = on_cpu if fast_paths == "auto" else fast_paths == "true"
+    xla_nondeterministic = deterministic and model == "cnn" and pooling == "max"
+    if jit_compile == "true" and xla_nondeterministic:
+        raise UserError("--deterministic with --jit_compile=true: XLA has no deterministic "
+                        "gradient of max pooling; use --jit_compile=false or --pooling=average")
     return Choices(
         strategy=name,
         device_kind=kind,
         precision=choose_precision(precision, kind, devices.compute_capability),
-        jit_compile=(JIT_WHEN_AUTO[kind][model] if jit_compile == "auto"
-                     else jit_compile == "true"),
+        jit_compile=(JIT_WHEN_AUTO[kind][model] and not xla_nondeterministic
+                     if jit_compile == "auto" else jit_compile == "true"),
         intra_op_threads=(intra_op_threads if intra_op_threads is not None
                           else 0 if accelerated else INTRA_OP_THREADS_ON_CPU[model]),
-        fast_paths=on_cpu,
-        lstm_slices=2 if on_cpu and devices.cpu_cores > 1 else 1)
+        fast_paths=fast,
+        lstm_slices=2 if fast and on_cpu and devices.cpu_cores > 1 else 1)
 
 
 def detect_devices(num_workers: int = 1) -> Devices:
@@ -117,13 +130,15 @@ class Cluster:
 def split_cpu(replicas: int) -> None:
     """Splits the CPU into `replicas` logical devices, so `mirrored` can run without GPUs.
 
-    Must run before TensorFlow initialises its devices, that is before any tensor is made; a
-    CPU already split that way (or never split, for one) is left as it is.
+    Must run before TensorFlow initialises its devices, that is before any tensor is made. A
+    CPU already split that way is left as it is, and so is any CPU when one replica is asked
+    for: the default strategy runs on the first logical device (a notebook that split the CPU
+    for a mirrored run can still train on one).
     """
     if replicas < 1:
         raise UserError(f"cpu_replicas must be at least 1, got {replicas}")
     cpu = tf.config.list_physical_devices("CPU")[0]
-    if len(tf.config.get_logical_device_configuration(cpu) or [None]) == replicas:
+    if replicas == 1 or len(tf.config.get_logical_device_configuration(cpu) or [None]) == replicas:
         return
     try:
         tf.config.set_logical_device_configuration(
@@ -207,10 +222,11 @@ def make_strategy(name: str, devices: Devices) -> tf.distribute.Strategy:
                             "--strategy=default, or mirrored with --cpu_replicas=N")
         return tf.distribute.OneDeviceStrategy("/gpu:0")
     if name == "mirrored":
-        cpus = None if devices.gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(cpus)
+        cpus = None if devices.gpus else tuple(
+            d.name for d in tf.config.list_logical_devices("CPU"))
+        return _mirrored(cpus)
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -218,6 +234,19 @@ def make_strategy(name: str, devices: Devices) -> tf.distribute.Strategy:
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
         raise UserError(f"--strategy=tpu: no TPU could be reached ({e})") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+@functools.cache
+def _mirrored(devices: tuple[str, ...] | None) -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy per process and devices: a second one reuses the first's collective
+    keys, and its all-reduce fails on the first model's shapes (tensorflow/tensorflow#62790)."""
+    return tf.distribute.MirroredStrategy(devices and list(devices))
+
+
+@functools.cache
+def _multi_worker() -> tf.distribute.MultiWorkerMirroredStrategy:
+    """One per process: its collectives are configured once, when the first is made."""
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def choose_precision(requested: str, kind: str, compute_capability: tuple[int, int] | None) -> str:

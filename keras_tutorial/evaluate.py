@@ -129,12 +129,18 @@ def plot_worst_mistakes(evaluation: Evaluation, path: str, count: int = 25) -> N
 
 
 def write_outputs(evaluation: Evaluation, result: dict, output_dir: str) -> None:
-    """evaluation.json, confusion_matrix.png and worst_mistakes.png in `output_dir`."""
-    os.makedirs(output_dir, exist_ok=True)
-    files.write_json(os.path.join(output_dir, EVALUATION_FILE), result)
-    plot_confusion_matrix(np.array(result["confusion_matrix"]), evaluation.class_names,
-                          os.path.join(output_dir, CONFUSION_FILE))
-    plot_worst_mistakes(evaluation, os.path.join(output_dir, MISTAKES_FILE))
+    """evaluation.json, confusion_matrix.png and worst_mistakes.png in `output_dir`: written
+    beside it first and moved in together, so that a failed write leaves none of them."""
+    files.make_directory(output_dir)
+    with files.staging_directory(output_dir) as staging:
+        files.write_json(os.path.join(staging, EVALUATION_FILE), result)
+        with files.naming(os.path.join(output_dir, CONFUSION_FILE)):
+            plot_confusion_matrix(np.array(result["confusion_matrix"]), evaluation.class_names,
+                                  os.path.join(staging, CONFUSION_FILE))
+        with files.naming(os.path.join(output_dir, MISTAKES_FILE)):
+            plot_worst_mistakes(evaluation, os.path.join(staging, MISTAKES_FILE))
+        for name in (EVALUATION_FILE, CONFUSION_FILE, MISTAKES_FILE):
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
 
 
 def run(export_dir: str, output_dir: str, version: int | None = None,

@@ -14,7 +14,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from keras_tutorial import data, distribute, export, fastpath, loop, models, objectives
+from keras_tutorial import data, distribute, export, fastpath, files, loop, models, objectives
 from keras_tutorial.config import TrainConfig
 from keras_tutorial.workdir import Workdir
 
@@ -46,7 +46,8 @@ def set_up_runtime(config: TrainConfig, cluster: distribute.Cluster) -> Runtime:
     """
     devices = distribute.detect_devices(cluster.num_workers)
     choices = distribute.choose(devices, config.model, config.strategy, config.precision,
-                                config.jit_compile, config.intra_op_threads)
+                                config.jit_compile, config.intra_op_threads, config.fast_paths,
+                                config.deterministic, config.pooling)
     threads = distribute.set_intra_op_threads(choices.intra_op_threads,
                                               required=config.intra_op_threads is not None)
     distribute.split_cpu(config.cpu_replicas)
@@ -70,12 +71,13 @@ def load_data(config: TrainConfig) -> tuple[data.Arrays, data.Pipelines]:
 
 
 def build_model(config: TrainConfig, fast_paths: bool = False, lstm_slices: int = 1,
-                ) -> keras.Model:
+                jit_compile: bool = False) -> keras.Model:
     """The model of a resolved `config`; one trained on mirrored images averages its
-    predictions over each image and its mirror."""
+    predictions over each image and its mirror. A step that XLA compiles gets an LSTM that
+    never takes cuDNN's kernel, which XLA cannot compile."""
     return models.build(config.model, activation=config.activation, pooling=config.pooling,
                         batch_norm=config.batch_norm, average_mirrors=config.augment == "flip",
-                        fast_paths=fast_paths, lstm_slices=lstm_slices)
+                        fast_paths=fast_paths, lstm_slices=lstm_slices, cudnn=not jit_compile)
 
 
 def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelines,
@@ -85,7 +87,8 @@ def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelin
     decay_steps = config.epochs * loop.steps_per_epoch(pipelines.num_train, config.batch_size,
                                                        cluster.num_workers)
     with runtime.strategy.scope():
-        model = build_model(config, runtime.fast_paths, runtime.choices.lstm_slices)
+        model = build_model(config, runtime.fast_paths, runtime.choices.lstm_slices,
+                            runtime.choices.jit_compile)
         optimizer = objectives.make_optimizer(
             config.optimizer, config.learning_rate, decay_steps,
             loss_scaling=runtime.choices.precision == "mixed_float16", fused=runtime.fast_paths)
@@ -169,13 +172,24 @@ def run(config: TrainConfig, cluster: distribute.Cluster = distribute.Cluster())
     """Trains (or resumes), evaluates and exports one model; writes and returns the summary.
 
     `cluster` is this process's place in a multi-worker job (see `distribute.read_cluster`).
+    Keras's global precision policy is as it was afterwards, for a notebook's next cells.
     """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _run(config, cluster)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _run(config: TrainConfig, cluster: distribute.Cluster) -> Result:
     started = time.perf_counter()
     config = config.resolved()
     runtime = set_up_runtime(config, cluster)
     arrays, pipelines = load_data(config)
     workdir = Workdir(config.workdir, writes=cluster.is_chief)
     workdir.claim(config.identity())
+    if cluster.is_chief and config.export:
+        files.make_directory(config.export_dir)  # Fails now rather than after training.
     trainer = build_trainer(config, runtime, pipelines, workdir.backup_dir)
     resumed_from = resume(trainer)
     finished = workdir.finished_summary()

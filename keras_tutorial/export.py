@@ -11,7 +11,6 @@ float32, `classes` [None] int64 and `class_names` [None] string:
 from __future__ import annotations
 
 import datetime
-import json
 import os
 
 import keras
@@ -81,9 +80,7 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
     names = tuple(class_names or data.CLASS_NAMES["mnist"])
     if len(names) != data.NUM_CLASSES:
         raise versions.ExportError(f"expected {data.NUM_CLASSES} class names, got {len(names)}")
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise versions.ExportError(f"export directory {export_dir} exists and is not a directory")
-    os.makedirs(export_dir, exist_ok=True)
+    files.make_directory(export_dir)
     with files.staging_directory(export_dir) as staging:
         copy = serving_copy(model)
         archive = keras.export.ExportArchive()
@@ -95,8 +92,7 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "keras_tutorial_version": keras_tutorial.__version__,
                 "tensorflow_version": tf.__version__, "keras_version": keras.__version__}
-        with open(os.path.join(staging, versions.METADATA_FILE), "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
+        files.write_json(os.path.join(staging, versions.METADATA_FILE), info, sort_keys=True)
         while True:
             existing = versions.versions(export_dir)
             target = os.path.join(export_dir, str(existing[-1] + 1 if existing else 1))

@@ -9,6 +9,7 @@ and the checkpointed step counter, so the resumed run is the run that was interr
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import os
 import shutil
@@ -102,8 +103,12 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         with strategy.scope():
             optimizer.build(model.trainable_variables)
+        # Steps taken, counted here: a loss-scale optimizer does not count the steps it skips
+        # on overflowing float16 gradients, and the data position must not fall behind.
+        self._steps_taken = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_taken")
         checkpoint = tf.train.Checkpoint(model_variables=model.variables,
-                                         optimizer_variables=optimizer.variables)
+                                         optimizer_variables=optimizer.variables,
+                                         steps_taken=self._steps_taken)
         # Every worker saves (the save is collective); only the chief's copy is kept.
         self._write_dir = config.backup_dir if config.task_index == 0 else os.path.join(
             config.backup_dir, f".worker-{config.task_index}")
@@ -115,17 +120,32 @@ class Trainer:
 
     @property
     def step(self) -> int:
-        return int(self.optimizer.iterations.numpy())
+        """Global steps taken so far, skipped updates included."""
+        return int(self._steps_taken.numpy())
 
     def restore(self) -> int:
         """Restores the newest backup in `backup_dir`, if any; returns the global step."""
         latest = tf.train.latest_checkpoint(self.config.backup_dir)
-        if latest:
+        if not latest:
+            return self.step
+        if any(name.startswith("steps_taken/") for name, _ in tf.train.list_variables(latest)):
             self._checkpoint.restore(latest).assert_existing_objects_matched()
+        else:  # A backup of an earlier release, which counted the optimizer's updates.
+            tf.train.Checkpoint(model_variables=self.model.variables,
+                                optimizer_variables=self.optimizer.variables,
+                                ).restore(latest).assert_existing_objects_matched()
+            self._steps_taken.assign(tf.cast(self.optimizer.iterations, tf.int64))
         return self.step
 
     def backup(self) -> None:
-        self._manager.save(checkpoint_number=self.step)
+        try:
+            self._manager.save(checkpoint_number=self.step)
+        except tf.errors.OpError:
+            # A failed save (a full disk) leaves the parts it wrote in "<checkpoint>_temp",
+            # which no restore reads; they would only hold the disk.
+            for parts in glob.glob(os.path.join(glob.escape(self._write_dir), "*_temp")):
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
         if self.config.task_index != 0:
             shutil.rmtree(self._write_dir, ignore_errors=True)
 
@@ -146,6 +166,15 @@ class Trainer:
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         return loss, correct
 
+    def traced_step(self, images: tf.TensorSpec, labels: tf.TensorSpec,
+                    ) -> tuple[tf.types.experimental.ConcreteFunction, ...]:
+        """One replica's step traced (not run) for these inputs, and the gradients' part of it,
+        the one XLA compiles when asked: graphs to check for the ops a device lacks."""
+        gradients = (self._gradients if self.config.jit_compile
+                     else tf.function(self._compute_gradients))
+        return (tf.function(self._replica_step).get_concrete_function(images, labels),
+                gradients.get_concrete_function(images, labels))
+
     @tf.function
     def _train_steps(self, iterator, num_steps):
         loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
@@ -153,6 +182,7 @@ class Trainer:
             loss, correct = self.strategy.run(self._replica_step, args=next(iterator))
             loss_sum += self.strategy.reduce("SUM", loss, axis=None)
             correct_sum += self.strategy.reduce("SUM", correct, axis=None)
+        self._steps_taken.assign_add(tf.cast(num_steps, tf.int64))
         return loss_sum, correct_sum
 
     @tf.function

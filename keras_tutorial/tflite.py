@@ -80,11 +80,10 @@ def write_tflite(export_dir: str, version: int | None = None, dataset: str | Non
     images, labels = saved.split("test", dataset, data_dir, max_examples)
     converted = {variant: to_tflite(saved.path, variant) for variant in VARIANTS}
     report = check_tflite(converted, saved.classify(images)["classes"], images, labels)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    files.make_directory(os.path.dirname(target))
     with files.staging_directory(os.path.dirname(target)) as staging:
         for variant, content in converted.items():
-            with open(os.path.join(staging, f"{variant}.tflite"), "wb") as f:
-                f.write(content)
+            files.write_bytes(os.path.join(staging, f"{variant}.tflite"), content)
         files.write_json(os.path.join(staging, INFO_FILE), {"saved_model": saved.path, **report})
         os.rename(staging, target)
     return target, report

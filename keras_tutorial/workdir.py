@@ -6,6 +6,7 @@ Only the chief writes here; the backups that a rerun resumes from are the loop's
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 
 import tensorflow as tf
@@ -22,7 +23,8 @@ class Workdir:
     writes: bool = True
 
     def __post_init__(self) -> None:
-        os.makedirs(self.path, exist_ok=True)
+        self._claimed = False
+        files.make_directory(self.path)
         self._history = {record["epoch"]: record
                          for record in files.read_json(self._file("history.json"), [])}
         self._tensorboard = (tf.summary.create_file_writer(self._file("tensorboard"))
@@ -38,6 +40,7 @@ class Workdir:
     def claim(self, identity: dict) -> None:
         """Records the run's settings, or refuses a workdir that holds a different run."""
         recorded = files.read_json(self._file("run.json"))
+        self._claimed = self.writes
         if recorded is None:
             if self.writes:
                 files.write_json(self._file("run.json"), identity)
@@ -54,10 +57,13 @@ class Workdir:
         return files.read_json(self._file("summary.json"))
 
     def record_epoch(self, record: dict) -> None:
-        """Adds an epoch to history.json and TensorBoard."""
+        """Adds an epoch to history.json and TensorBoard. A workdir removed during the run is
+        an error: the backup would silently make it anew, without the run's record."""
         self._history[record["epoch"]] = record
         if not self.writes:
             return
+        if self._claimed and not os.path.isfile(self._file("run.json")):
+            raise FileNotFoundError(errno.ENOENT, "removed during the run", self.path)
         files.write_json(self._file("history.json"), self.history)
         with self._tensorboard.as_default(step=record["epoch"]):
             for name in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -1,13 +1,17 @@
 """The entry layer: a UserError is one line and exit status 2, for every command."""
 
+import errno
+import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
+import tensorflow as tf
 
 from keras_tutorial import cli
 
-COMMANDS = ["train", "predict", "evaluate", "tflite", "launch"]
+COMMANDS = ["train", "predict", "evaluate", "tflite", "launch", "serve"]
 
 
 def test_a_user_error_becomes_one_line_and_exit_status_2(capsys):
@@ -39,9 +43,77 @@ def test_every_command_has_help_and_reports_bad_input_in_one_line(command, tmp_p
     flags = {"train": ["--dataset=fashion_mnist", f"--data_dir={tmp_path}/none"],
              "predict": [f"--export_dir={tmp_path}/none", "--dataset=synthetic"],
              "evaluate": [f"--export_dir={tmp_path}/none"],
-             "tflite": [f"--export_dir={tmp_path}/none"]}[command]
+             "tflite": [f"--export_dir={tmp_path}/none"],
+             "serve": [f"--export_dir={tmp_path}/none", "--port=0"]}[command]
     result = subprocess.run([sys.executable, "-m", f"keras_tutorial.{command}", *flags],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert f"{tmp_path}/none" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_flag_absl_refuses_is_one_line_and_exit_status_2():
+    result = subprocess.run([sys.executable, "-m", "keras_tutorial.evaluate", "--version=0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: flag --version=0: ")
+
+
+@pytest.mark.parametrize("error, line", [
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "w/history.json"),
+     "w/history.json: No such file or directory"),
+    (OSError(errno.EXDEV, os.strerror(errno.EXDEV), "e/.staging", None, "e/1"),
+     "e/.staging -> e/1: Invalid cross-device link"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "No space left on device"),
+    # TensorFlow's file errors, as checkpoint, SavedModel and directory writes raise them.
+    (tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2_dtypes_9_"
+                                      "device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+                                      "w/backup/ckpt-1_temp/part-0; No space left on device "
+                                      "[Op:SaveV2]"),
+     "w/backup/ckpt-1_temp/part-0: No space left on device"),
+    (tf.errors.NotFoundError(None, None, "Failed to create a directory: f/w/backup; Not a "
+                                         "directory"), "f/w/backup: Not a directory"),
+    (tf.errors.PermissionDeniedError(None, None, "e/variables; Permission denied"),
+     "e/variables: Permission denied"),
+    (tf.errors.FailedPreconditionError(None, None, "ro/w/tensorboard; Read-only file system"),
+     "ro/w/tensorboard: Read-only file system"),
+])
+def test_errors_about_files_become_one_line_naming_the_path(error, line):
+    assert cli.file_error(error) == line
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("a bug"),
+    tf.errors.NotFoundError(None, None, "Could not find device for node: {{node Qr}} = Qr"),
+    tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[9]"),
+    tf.errors.FailedPreconditionError(None, None, "Could not find variable dense/kernel; "
+                                                  "Container localhost does not exist."),
+])
+def test_other_errors_keep_their_traceback(error):
+    assert cli.file_error(error) is None
+
+
+COMMAND = textwrap.dedent("""
+    import sys
+    from keras_tutorial import cli
+    def main(argv):
+        if sys.argv[1] == "bug":
+            return 1 / 0
+        with open(sys.argv[1], "w") as f:
+            f.write("result")
+    cli.run(main, lambda: None)
+""")
+
+
+def test_a_path_error_in_any_command_is_one_line_and_exit_status_2(tmp_path):
+    (tmp_path / "file").write_text("")
+    for path, reason in ((tmp_path / "file" / "out", "Not a directory"),
+                         (tmp_path / "gone" / "out", "No such file or directory"),
+                         (tmp_path, "Is a directory")):
+        result = subprocess.run([sys.executable, "-c", COMMAND, str(path)], capture_output=True,
+                                text=True, timeout=60)
+        assert (result.returncode, result.stderr) == (2, f"error: {path}: {reason}\n")
+    bug = subprocess.run([sys.executable, "-c", COMMAND, "bug"], capture_output=True, text=True,
+                         timeout=60)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr

@@ -52,6 +52,7 @@ def test_default_learning_rate_scales_with_the_batch(optimizer, batch_size, fact
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
     ({"augment": "rotate"}, "unknown augment 'rotate'"),
     ({"precision": "int8"}, "unknown precision 'int8'"),
+    ({"fast_paths": "yes"}, "unknown fast_paths 'yes', expected one of auto, true, false"),
     ({"epochs": 0}, "epochs must be a positive integer, got 0"),
     ({"intra_op_threads": -2}, "intra_op_threads must be 0 or more, got -2"),
     ({"learning_rate": -1.0}, "learning_rate must be positive, got -1.0"),

@@ -60,10 +60,29 @@ def test_explicit_choices_override_auto():
     assert distribute.choose(CPU, "cnn", precision="mixed_bfloat16").precision == "mixed_bfloat16"
 
 
+def test_fast_paths_can_be_forced_either_way():
+    assert dataclasses.astuple(distribute.choose(CPU, "lstm", fast_paths="false"))[5:] == (False, 1)
+    assert dataclasses.astuple(distribute.choose(GPU_AMPERE, "cnn", fast_paths="true"))[5:] == \
+        (True, 1)
+    # The LSTM's batch slices are for a CPU's cores, not a GPU's.
+    assert distribute.choose(GPU_AMPERE, "lstm", fast_paths="true").lstm_slices == 1
+
+
+def test_a_deterministic_cnn_that_max_pools_runs_without_xla():
+    # XLA has no deterministic gradient of max pooling.
+    assert not distribute.choose(GPU_AMPERE, "cnn", deterministic=True).jit_compile
+    assert distribute.choose(GPU_AMPERE, "cnn", deterministic=True, pooling="average").jit_compile
+    assert distribute.choose(GPU_AMPERE, "mlp", deterministic=True).jit_compile
+    with pytest.raises(UserError, match="--deterministic with --jit_compile=true: XLA has no "
+                                        "deterministic gradient of max pooling"):
+        distribute.choose(CPU, "cnn", jit_compile="true", deterministic=True)
+
+
 @pytest.mark.parametrize("devices, settings, message", [
     (CPU, {"strategy": "best"}, "unknown strategy 'best'"),
     (CPU, {"precision": "int8"}, "unknown precision 'int8'"),
     (CPU, {"jit_compile": "maybe"}, "unknown jit_compile 'maybe'"),
+    (CPU, {"fast_paths": "sometimes"}, "unknown fast_paths 'sometimes'"),
     (distribute.Devices(workers=2), {"strategy": "mirrored"},
      "TF_CONFIG describes 2 workers but --strategy=mirrored"),
 ])

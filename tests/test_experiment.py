@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import pytest
 
 from keras_tutorial import experiment
@@ -53,3 +54,10 @@ def test_a_model_trained_on_mirrors_predicts_over_mirrors(model, dataset, mirror
     built = experiment.build_model(TrainConfig(model=model, dataset=dataset).resolved())
     names = [layer.name for layer in built.layers if "mirrors" in layer.name]
     assert names == (["append_mirrors", "average_mirrors"] if mirrored else [])
+
+
+def test_a_run_leaves_keras_s_precision_policy_as_it_found_it(tmp_path):
+    before = keras.mixed_precision.global_policy().name
+    result = experiment.run(_quick(tmp_path, epochs=1, precision="mixed_bfloat16"))
+    assert result.summary["precision"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == before

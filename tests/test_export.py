@@ -4,6 +4,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, export, models, versions
+from keras_tutorial import data, export, files, models, versions
 
 
 @pytest.fixture(scope="module")
@@ -128,34 +129,59 @@ _EXPORT_FOREVER = """
 import sys
 from keras_tutorial import export, models
 model = models.build("mlp")
+print("ready", flush=True)
 while True:
-    print(export.export_model(model, sys.argv[1]), flush=True)
+    export.export_model(model, sys.argv[1])
 """
 
 
+def _complete_versions(export_dir: str, checked: set[int], when: str) -> list[int]:
+    """The versions, checked to be 1..N and each whole (those in `checked` already were)."""
+    found = versions.versions(export_dir)
+    assert found == list(range(1, len(found) + 1)), when
+    for version in set(found) - checked:
+        path = os.path.join(export_dir, str(version))
+        assert os.path.isfile(os.path.join(path, versions.METADATA_FILE)), when
+        assert "serve_images" in tf.saved_model.load(path).signatures, when
+        checked.add(version)
+    return found
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(3))
-def test_killed_export_leaves_no_partial_version(model, tmp_path, seed):
-    process = subprocess.Popen([sys.executable, "-c", _EXPORT_FOREVER, str(tmp_path)],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline().strip() == str(tmp_path / "1")
-        delay = random.Random(seed).uniform(0, 2)
-        time.sleep(delay)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    found = versions.versions(str(tmp_path))
-    assert found == list(range(1, len(found) + 1)), f"killed {delay:.2f} s after version 1"
-    for version in found:
-        path = str(tmp_path / str(version))
-        assert os.path.isfile(os.path.join(path, versions.METADATA_FILE))
-        assert "serve_images" in tf.saved_model.load(path).signatures
-    assert export.export_model(model, str(tmp_path)) == str(tmp_path / str(found[-1] + 1))
+def test_ten_times_killed_export_leaves_no_partial_version(model, tmp_path):
+    rng, checked = random.Random(0), set()
+    for kill in range(10):
+        process = subprocess.Popen([sys.executable, "-c", _EXPORT_FOREVER, str(tmp_path)],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout.readline().strip() == "ready"
+            delay = rng.uniform(0, 2.5)  # An export takes about a second.
+            time.sleep(delay)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        _complete_versions(str(tmp_path), checked, f"kill {kill + 1}, after {delay:.2f} s")
+    found = _complete_versions(str(tmp_path), checked, "after the kills")
+    assert export.export_model(model, str(tmp_path)) == str(tmp_path / str(len(found) + 1))
     assert not [name for name in os.listdir(tmp_path) if not name.isdigit()]
 
 
-def test_export_dir_that_is_a_file_is_a_clear_error(model, tmp_path):
+def test_an_export_on_shared_storage_never_deletes_another_host_s_staging(model, tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # A pid that no process of this host has now.
+    host = socket.gethostname()
+    theirs = files.staging_name(f"{host}-peer", gone.pid, "5eed")  # Maybe writing still.
+    ours = files.staging_name(host, gone.pid, "dead")  # Killed mid-write, here.
+    for name in (theirs, ours):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"part")
+    assert export.export_model(model, str(tmp_path)) == str(tmp_path / "1")
+    assert sorted(os.listdir(tmp_path)) == sorted(["1", theirs])
+    assert (tmp_path / theirs / "saved_model.pb").read_bytes() == b"part"
+
+
+def test_export_dir_that_is_a_file_is_an_error_naming_it(model, tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(versions.ExportError, match="is not a directory"):
+    with pytest.raises(NotADirectoryError) as excinfo:
         export.export_model(model, str(tmp_path / "file"))
+    assert excinfo.value.filename == str(tmp_path / "file")

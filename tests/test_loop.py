@@ -2,14 +2,18 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import keras
 import pytest
+import tensorflow as tf
 
-from keras_tutorial import loop
+from keras_tutorial import data, loop, models, objectives
 
 QUICK_RUN = ["--model=mlp", "--dataset=synthetic", "--max_examples=2000", "--validation_size=200",
              "--batch_size=32", "--epochs=4", "--steps_per_execution=1", "--noexport"]
@@ -41,24 +45,35 @@ def _latest_backup(workdir):
         return None
 
 
-def _kill_after_next_backup(workdir, *extra):
-    before = _latest_backup(workdir)
+def _kill_at_a_random_moment(workdir, delay: float, *extra):
+    """Starts the run and SIGKILLs it `delay` seconds after it reports the examples it reads,
+    its last line before it resumes, traces the step and trains."""
     process = _train(workdir, *extra)
-    deadline = time.monotonic() + 120
-    while (_latest_backup(workdir) == before and process.poll() is None
-           and time.monotonic() < deadline):
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed"
+    started = threading.Event()
+
+    def watch() -> None:
+        for line in process.stdout:  # Read to the end: a full pipe would stall the run.
+            if "reads examples with digest" in line:
+                started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert started.wait(120), "the run never started training"
+    time.sleep(delay)
+    assert process.poll() is None, f"the run ended before it could be killed ({delay:.2f} s)"
     process.send_signal(signal.SIGKILL)
     process.wait()
 
 
 @pytest.mark.slow
-def test_twice_killed_deterministic_run_resumes_to_identical_weights(tmp_path):
-    flags = ["--deterministic", "--backup_every_steps=9"]
+def test_ten_times_killed_deterministic_run_resumes_to_identical_weights(tmp_path):
+    # 16 epochs of 56 steps, a backup every 5: kills land while the step is traced, between
+    # steps, and while a backup is written.
+    flags = ["--deterministic", "--backup_every_steps=5", "--epochs=16"]
     _finish(_train(tmp_path / "straight", *flags))
-    for _ in range(2):
-        _kill_after_next_backup(tmp_path / "killed", *flags)
+    rng = random.Random(0)
+    for _ in range(10):
+        _kill_at_a_random_moment(tmp_path / "killed", rng.uniform(0, 2.0), *flags)
+    assert _latest_backup(tmp_path / "killed"), "no kill came after a backup"
     output = _finish(_train(tmp_path / "killed", *flags))
     assert "resumed at epoch" in output
     resumed = _summary(tmp_path / "killed")
@@ -92,3 +107,46 @@ def test_calls_end_on_every_backup_point_and_at_the_epoch_s_end():
     assert list(loop.chunks(0, 10, 4)) == [(4, False), (4, False), (2, False)]
     assert list(loop.chunks(7, 10, 16, 4)) == [(1, True), (2, False)]
     assert list(loop.chunks(20, 10, 1, 10)) == [(1, False)] * 9 + [(1, True)]
+
+
+def test_steps_that_loss_scaling_skips_still_move_the_run_on(tmp_path):
+    """A loss-scale optimizer skips the update of a step whose float16 gradients overflow and
+    does not count it; the loop counts it, or it would train the same batches again."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        pipelines = data.make_pipelines(data.synthetic_arrays(320, 10, seed=0), 32, 0, 0)
+        model = models.build("mlp")
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3),
+                                                        initial_scale=2.0 ** 40)
+        trainer = loop.Trainer(tf.distribute.get_strategy(), model, optimizer,
+                               objectives.make_loss("cross_entropy"), pipelines,
+                               loop.LoopConfig(epochs=2, global_batch_size=32, seed=0,
+                                               backup_dir=str(tmp_path), steps_per_execution=4,
+                                               verbose=False))
+        records = trainer.train(lambda record: None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert [(record.epoch, record.steps) for record in records] == [(1, 10), (2, 10)]
+    assert trainer.step == 20 > int(optimizer.iterations.numpy())  # Updates were skipped.
+    assert trainer.restore() == 20
+
+
+def test_a_backup_of_an_earlier_release_without_the_step_counter_resumes(tmp_path):
+    pipelines = data.make_pipelines(data.synthetic_arrays(100, 10, seed=0), 32, 0, 0)
+
+    def trainer(backup_dir):
+        model = models.build("mlp")
+        return loop.Trainer(tf.distribute.get_strategy(), model,
+                            objectives.make_optimizer("adam", 1e-3, 10),
+                            objectives.make_loss("cross_entropy"), pipelines,
+                            loop.LoopConfig(epochs=1, global_batch_size=32, seed=0,
+                                            backup_dir=str(backup_dir), verbose=False))
+
+    earlier = trainer(tmp_path / "unused")
+    earlier.train(lambda record: None)
+    tf.train.Checkpoint(model_variables=earlier.model.variables,  # As earlier releases saved.
+                        optimizer_variables=earlier.optimizer.variables).save(
+        str(tmp_path / "backup" / "ckpt"))
+    resumed = trainer(tmp_path / "backup")
+    assert resumed.restore() == earlier.step == 3
+    assert resumed.weights_digest() == earlier.weights_digest()

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 
 import keras
@@ -50,7 +51,7 @@ def test_tflite_models_keep_the_saved_model_s_accuracy(export_dir, tmp_path, bor
     directory = shutil.copytree(export_dir, tmp_path / "export")
     gone = subprocess.Popen(["true"])
     gone.wait()  # A conversion killed mid-write leaves its staging directory behind.
-    os.makedirs(directory / "tflite" / f"{files.STAGING_PREFIX}{gone.pid}-abandoned")
+    os.makedirs(directory / "tflite" / files.staging_name(socket.gethostname(), gone.pid, "0dead"))
     target, report = tflite.write_tflite(str(directory))
     assert target == str(directory / "tflite" / "1")
     assert os.listdir(directory / "tflite") == ["1"]

@@ -66,7 +66,8 @@ def test_default_dataset_offline_fails_fast(tmp_path):
 
 def test_help_shows_every_setting_with_its_single_default():
     result = _cli("--help")
-    for field in ("model", "epochs", "learning_rate", "steps_per_execution", "intra_op_threads"):
+    for field in ("model", "epochs", "learning_rate", "steps_per_execution", "intra_op_threads",
+                  "fast_paths"):
         assert f"--{field}" in result.stdout
     assert "cnn 15" in result.stdout  # The CNN's default epochs, from config.MODEL_DEFAULTS.
     assert f"default: '{config.TrainConfig().validation_size}'" in result.stdout

@@ -1,6 +1,8 @@
 """A run's workdir: one run per directory, its history kept across a resume."""
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -39,3 +41,15 @@ def test_a_worker_that_is_not_the_chief_writes_nothing(tmp_path):
     worker.write_summary({"test_accuracy": 0.9})
     assert list(tmp_path.iterdir()) == []
     assert worker.finished_summary() is None and len(worker.history) == 1
+
+
+def test_a_workdir_removed_during_the_run_is_an_error_naming_it(tmp_path):
+    workdir = Workdir(str(tmp_path / "run"))
+    workdir.claim({"model": "mlp"})
+    workdir.record_epoch(_record(1))
+    shutil.rmtree(tmp_path / "run")
+    os.makedirs(tmp_path / "run" / "backup")  # As the next backup makes it anew.
+    with pytest.raises(FileNotFoundError) as excinfo:
+        workdir.record_epoch(_record(2))
+    assert (excinfo.value.filename, excinfo.value.strerror) == (
+        str(tmp_path / "run"), "removed during the run")
