@@ -5,9 +5,13 @@ kernelspec written to a temporary directory points at `sys.executable`), so it s
 installed package. Two cells are added around the notebook while it runs, never stored: the
 first records every figure the notebook displays and checks that it has a title and labelled
 axes, the last reports what was recorded.
+
+The renderings in docs/notebooks/ (made by notebooks/render.py, in full mode) are checked
+against the notebooks' code without running anything.
 """
 
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -26,6 +30,19 @@ KERNEL_NAME = "keras-tutorial-tests"
 CELL_TIMEOUT_S = 600
 REPORT_MARKER = "FIGURE-REPORT:"
 DRAWS = re.compile(r"^(plt\.show\(\)|show_images\()", re.M)  # A top-level call that draws.
+RENDERINGS_MAX_BYTES = 3 * 2**20
+FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+
+
+def _load_render():
+    """notebooks/render.py, which writes the renderings and knows what they record."""
+    spec = importlib.util.spec_from_file_location("render", os.path.join(NOTEBOOK_DIR, "render.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
 
 # Wraps the canvas method that IPython's inline backend calls to render each displayed figure.
 FIGURE_CHECK = '''
@@ -120,6 +137,29 @@ def test_readme_check_list_names_real_sections():
         assert heading in headings[number], (number, heading)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_rendering_is_of_the_current_code(path):
+    """docs/notebooks/ shows what the notebook's code does now, every figure included: a
+    notebook whose code changed fails here until it is rendered again."""
+    rendering = render.rendering_path(path)
+    command = f"python notebooks/render.py {os.path.basename(path)}"
+    assert os.path.isfile(rendering), f"no rendering: run {command}"
+    with open(rendering) as f:
+        text = f.read()
+    assert text.splitlines()[0] == render.digest_line(nbformat.read(path, as_version=4)), (
+        f"the notebook's code changed since it was rendered: run {command}")
+    figures = FIGURE_LINK.findall(text)
+    assert figures, "the rendering shows no figure"
+    for figure in figures:
+        assert os.path.isfile(os.path.join(render.RENDER_DIR, figure)), figure
+
+
+def test_renderings_are_small():
+    sizes = [os.path.getsize(os.path.join(directory, name))
+             for directory, _, names in os.walk(render.RENDER_DIR) for name in names]
+    assert sum(sizes) < RENDERINGS_MAX_BYTES, f"{sum(sizes):,} bytes in {render.RENDER_DIR}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_in_quick_mode(path, kernel_spec_manager, monkeypatch):
@@ -131,7 +171,11 @@ def test_notebook_runs_in_quick_mode(path, kernel_spec_manager, monkeypatch):
     km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_spec_manager)
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, startup_timeout=120,
                             resources={"metadata": {"path": NOTEBOOK_DIR}})
-    client.execute()  # Raises CellExecutionError, with the cell and traceback, on any error.
+    try:
+        client.execute()  # Raises CellExecutionError, with the cell and traceback, on any error.
+    finally:
+        if km.has_kernel:  # A client given a kernel manager leaves the kernel running.
+            km.shutdown_kernel()
 
     code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
     data_lines = [line for cell in code_cells for line in _text(cell).splitlines()
