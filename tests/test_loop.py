@@ -66,9 +66,10 @@ def _kill_at_a_random_moment(workdir, delay: float, *extra):
 
 @pytest.mark.slow
 def test_ten_times_killed_deterministic_run_resumes_to_identical_weights(tmp_path):
-    # 16 epochs of 56 steps, a backup every 5: kills land while the step is traced, between
-    # steps, and while a backup is written.
-    flags = ["--deterministic", "--backup_every_steps=5", "--epochs=16"]
+    # 40 epochs of 56 steps, a backup every 5: kills land while the step is traced, between
+    # steps, and while a backup is written. Long enough that ten kills up to 2 s into a run
+    # cannot finish it on a quiet machine (16 epochs could: about 5 s of training).
+    flags = ["--deterministic", "--backup_every_steps=5", "--epochs=40"]
     _finish(_train(tmp_path / "straight", *flags))
     rng = random.Random(0)
     for _ in range(10):
