@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import flops, report
+from benchmarks import flops, peers, report
 from keras_tutorial import (cli, data, distribute, experiment, export, fastpath, files, loop,
                             models, objectives)
 from keras_tutorial.config import TrainConfig
@@ -85,6 +85,7 @@ class Settings:
     tiny: bool = False  # Tiny sizes (repeats may still be set on their own).
     model_worker: str | None = None  # Set in the subprocess that measures one model.
     train_only: bool = False  # That subprocess measures training on the pipeline only.
+    peers: bool = True  # Also compare with PyTorch and Keras on JAX (peers.py).
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +127,8 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--readme", default=os.path.join(HERE, "README.md"),
                         help="markdown file whose results section is rewritten")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train the models in PyTorch and Keras on JAX (peers.py)")
     parser.add_argument("--model_worker", choices=models.MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--train_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -147,7 +150,7 @@ def parse_settings(argv: list[str]) -> Settings:
         batch_size=args.batch_size, seed=args.seed, sizes=sizes,
         variants=tuple((k, j) for k in args.steps_per_execution for j in args.jit_compile),
         output=args.output, readme=args.readme, tiny=args.tiny, model_worker=args.model_worker,
-        train_only=args.train_only)
+        train_only=args.train_only, peers=args.peers)
 
 
 def log(message: str) -> None:
@@ -700,10 +703,13 @@ def main(argv: list[str]) -> None:
         return
     try:
         results = benchmark(settings)
+        if settings.peers:
+            results["peers"] = peers.compare(settings)
     except UserError as e:
         cli.fail(str(e))
     write_json(settings.output, results)
     report.update_readme(settings.readme, results)
+    peers.update_readme(settings.readme, results.get("peers"))
     log(f"Wrote {settings.output} and {settings.readme}")
 
 
