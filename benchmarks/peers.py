@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from benchmarks import report
 from keras_tutorial import data
 from keras_tutorial.config import TrainConfig
 
@@ -340,20 +341,8 @@ def render(results: dict) -> str:
 
 def update_readme(path: str, results: dict | None) -> None:
     """Rewrites the peers section of `path`, put after the results section if there is none."""
-    if results is None:
-        return
-    with open(path) as f:
-        text = f.read()
-    section = f"{BEGIN}\n{render(results)}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        anchor = "<!-- results:end -->"
-        at = text.index(anchor) + len(anchor) if anchor in text else len(text)
-        text = text[:at] + "\n\n" + section + "\n" + text[at:]
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    if results is not None:
+        report.replace_section(path, BEGIN, END, render(results), after=report.END)
 
 
 def main(argv: list[str]) -> None:

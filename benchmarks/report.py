@@ -209,13 +209,23 @@ def render(results: dict) -> str:
 
 def update_readme(path: str, results: dict) -> None:
     """Replaces the results section of `path` (appending one if there is none)."""
+    replace_section(path, BEGIN, END, render(results))
+
+
+def replace_section(path: str, begin: str, end: str, body: str, after: str | None = None,
+                    ) -> None:
+    """Rewrites the text between the `begin` and `end` markers of `path`; where there are none,
+    puts the section just after the marker `after` if the file has it, else at the end."""
     text = ""
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
-    section = f"{BEGIN}\n{render(results)}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    section = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    elif after is not None and after in text:
+        at = text.index(after) + len(after)
+        text = text[:at] + "\n\n" + section + "\n" + text[at:]
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + section + "\n"
     with open(path + ".tmp", "w") as f:
