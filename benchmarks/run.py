@@ -577,10 +577,6 @@ def targets(results: dict) -> list[dict]:
     if rounds["rounds"]:
         add("MLP training vs TF1 (interleaved rounds, median)", rounds["vs_tf1"]["median"],
             ">=", 1.25)
-    for name, share in (("mlp", 0.5), ("cnn", 0.5), ("lstm", 0.4)):
-        if name in found:
-            add(f"{name.upper()} training, fraction of peak",
-                found[name]["train"]["peak_fraction"], ">=", share)
     if rounds["rounds"]:
         add("MLP first epoch / steady epoch (interleaved rounds, median)",
             rounds["first_vs_steady"]["median"], "<=", 1.3)
