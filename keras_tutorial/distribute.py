@@ -34,10 +34,12 @@ JIT_WHEN_AUTO = {
     "tpu": {"mlp": True, "cnn": True, "lstm": True},
 }
 
-# Threads one op may use on a CPU-only machine (0: TensorFlow's default, every core). The MLP's
-# matmuls are too small to split with profit: with one thread per op the other core runs
-# independent ops and the input pipeline (1.3x on 2 cores).
-INTRA_OP_THREADS_ON_CPU = {"mlp": 1, "cnn": 0, "lstm": 0}
+# Threads one op may use on a CPU-only machine, by model and CPU vendor, where measured to beat
+# TensorFlow's default of every core (benchmarks/README.md). On the 2-core Intel Xeon the MLP's
+# matmuls were no faster on two threads, and one thread per op left the other core to
+# independent ops and the input pipeline (1.3x); on the 2-core AMD EPYC two threads do speed
+# them up, and the default trained the MLP 1.1-1.2x faster than one thread.
+INTRA_OP_THREADS_ON_CPU = {("mlp", "GenuineIntel"): 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Devices:
     tpu: bool = False
     cpu_cores: int = 1
     workers: int = 1
+    cpu_vendor: str = ""  # As /proc/cpuinfo names it: GenuineIntel, AuthenticAMD; "" unknown.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,8 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
         jit_compile=(JIT_WHEN_AUTO[kind][model] and not xla_nondeterministic
                      if jit_compile == "auto" else jit_compile == "true"),
         intra_op_threads=(intra_op_threads if intra_op_threads is not None
-                          else 0 if accelerated else INTRA_OP_THREADS_ON_CPU[model]),
+                          else 0 if accelerated
+                          else INTRA_OP_THREADS_ON_CPU.get((model, devices.cpu_vendor), 0)),
         fast_paths=fast,
         lstm_slices=2 if fast and on_cpu and devices.cpu_cores > 1 else 1)
 
@@ -112,7 +116,20 @@ def detect_devices(num_workers: int = 1) -> Devices:
         capability = tuple(tf.config.experimental.get_device_details(gpus[0]).get(
             "compute_capability", (0, 0)))
     return Devices(gpus=len(gpus), compute_capability=capability, tpu=_tpu_present(),
-                   cpu_cores=os.cpu_count() or 1, workers=num_workers)
+                   cpu_cores=os.cpu_count() or 1, workers=num_workers, cpu_vendor=cpu_vendor())
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor as Linux names it (GenuineIntel, AuthenticAMD); "" where unknown."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,8 +91,8 @@ def define_flags() -> None:
 
 
 def _threads_on_cpu() -> str:
-    return ", ".join(f"{model} {threads}"
-                     for model, threads in distribute.INTRA_OP_THREADS_ON_CPU.items())
+    return ", ".join(f"{threads} for the {model.upper()} on {vendor} CPUs"
+                     for (model, vendor), threads in distribute.INTRA_OP_THREADS_ON_CPU.items())
 
 
 def main(argv: list[str]) -> None:

@@ -28,6 +28,8 @@ def test_auto_strategy_follows_the_hardware(requested, workers, gpus, tpu, expec
 CPU, GPU_AMPERE, GPU_VOLTA = (distribute.Devices(cpu_cores=2),
                               distribute.Devices(gpus=1, compute_capability=(8, 0), cpu_cores=8),
                               distribute.Devices(gpus=1, compute_capability=(7, 0), cpu_cores=8))
+INTEL, AMD = (distribute.Devices(cpu_cores=2, cpu_vendor="GenuineIntel"),
+              distribute.Devices(cpu_cores=2, cpu_vendor="AuthenticAMD"))
 GPUS, TPU = (distribute.Devices(gpus=4, compute_capability=(9, 0), cpu_cores=32),
              distribute.Devices(tpu=True, cpu_cores=96))
 
@@ -35,7 +37,10 @@ GPUS, TPU = (distribute.Devices(gpus=4, compute_capability=(9, 0), cpu_cores=32)
 # What each machine gets with every flag at `auto`, as docs/scale.md and `--help` say:
 # (strategy, device kind, precision, XLA, threads per op, fast paths, LSTM slices).
 @pytest.mark.parametrize("devices, model, expected", [
-    (CPU, "mlp", ("default", "cpu", "float32", False, 1, True, 2)),
+    (CPU, "mlp", ("default", "cpu", "float32", False, 0, True, 2)),
+    (INTEL, "mlp", ("default", "cpu", "float32", False, 1, True, 2)),
+    (AMD, "mlp", ("default", "cpu", "float32", False, 0, True, 2)),
+    (INTEL, "cnn", ("default", "cpu", "float32", False, 0, True, 2)),
     (CPU, "cnn", ("default", "cpu", "float32", False, 0, True, 2)),
     (CPU, "lstm", ("default", "cpu", "float32", False, 0, True, 2)),
     (distribute.Devices(cpu_cores=1), "lstm", ("default", "cpu", "float32", False, 0, True, 1)),
@@ -44,11 +49,20 @@ GPUS, TPU = (distribute.Devices(gpus=4, compute_capability=(9, 0), cpu_cores=32)
     (GPU_VOLTA, "cnn", ("one_device", "gpu", "mixed_float16", True, 0, False, 1)),
     (GPUS, "cnn", ("mirrored", "gpu", "mixed_bfloat16", True, 0, False, 1)),
     (TPU, "lstm", ("tpu", "tpu", "mixed_bfloat16", True, 0, False, 1)),
-    (distribute.Devices(workers=2, cpu_cores=2), "mlp",
+    (distribute.Devices(workers=2, cpu_cores=2, cpu_vendor="GenuineIntel"), "mlp",
      ("multi_worker", "cpu", "float32", False, 1, True, 2)),
 ])
 def test_auto_chooses_per_machine_as_documented(devices, model, expected):
     assert dataclasses.astuple(distribute.choose(devices, model)) == expected
+
+
+def test_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+    assert distribute.cpu_vendor(str(cpuinfo)) == "AuthenticAMD"
+    assert distribute.cpu_vendor(str(tmp_path / "missing")) == ""
+    cpuinfo.write_text("processor\t: 0\n")
+    assert distribute.cpu_vendor(str(cpuinfo)) == ""
 
 
 def test_explicit_choices_override_auto():
