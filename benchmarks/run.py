@@ -518,11 +518,7 @@ def pipeline_rates(dataset: tf.data.Dataset, num_examples: int, repeats: int,
 
 def machine() -> dict:
     """What the numbers were measured on, and how busy it was."""
-    cpu_model = platform.processor() or "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
+    cpu_model = distribute.cpu_info("model name") or platform.processor() or "unknown"
     return {"cpu_model": cpu_model, "cores": os.cpu_count(), "platform": platform.platform(),
             "gpus": len(tf.config.list_physical_devices("GPU")), "niceness": os.nice(0)}
 

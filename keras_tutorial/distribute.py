@@ -116,16 +116,18 @@ def detect_devices(num_workers: int = 1) -> Devices:
         capability = tuple(tf.config.experimental.get_device_details(gpus[0]).get(
             "compute_capability", (0, 0)))
     return Devices(gpus=len(gpus), compute_capability=capability, tpu=_tpu_present(),
-                   cpu_cores=os.cpu_count() or 1, workers=num_workers, cpu_vendor=cpu_vendor())
+                   cpu_cores=os.cpu_count() or 1, workers=num_workers,
+                   cpu_vendor=cpu_info("vendor_id"))
 
 
-def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's vendor as Linux names it (GenuineIntel, AuthenticAMD); "" where unknown."""
+def cpu_info(field: str, path: str = "/proc/cpuinfo") -> str:
+    """The first CPU's `field` as Linux lists it ("vendor_id": GenuineIntel, AuthenticAMD;
+    "model name"); "" where the file or the field is missing."""
     try:
-        with open(cpuinfo) as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "vendor_id":
+                if key.strip() == field:
                     return value.strip()
     except OSError:
         pass

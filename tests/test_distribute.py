@@ -59,10 +59,10 @@ def test_auto_chooses_per_machine_as_documented(devices, model, expected):
 def test_cpu_vendor_is_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
-    assert distribute.cpu_vendor(str(cpuinfo)) == "AuthenticAMD"
-    assert distribute.cpu_vendor(str(tmp_path / "missing")) == ""
+    assert distribute.cpu_info("vendor_id", str(cpuinfo)) == "AuthenticAMD"
+    assert distribute.cpu_info("vendor_id", str(tmp_path / "missing")) == ""
     cpuinfo.write_text("processor\t: 0\n")
-    assert distribute.cpu_vendor(str(cpuinfo)) == ""
+    assert distribute.cpu_info("vendor_id", str(cpuinfo)) == ""
 
 
 def test_explicit_choices_override_auto():
