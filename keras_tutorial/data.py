@@ -55,6 +55,18 @@ class DataError(UserError):
     """Data that cannot be used; the message is one line meant for the user."""
 
 
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` without tf.data's autotuning thread, whose iterators free at once.
+
+    Freeing an iterator waits for that thread: 0.6 s after an MLP epoch, about 10 s after
+    a CNN or LSTM epoch, every second to fourth epoch (benchmarks/README.md). These
+    pipelines have nothing for it to tune; `prefetch(AUTOTUNE)` still sizes its own buffer.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 @dataclasses.dataclass(frozen=True)
 class Arrays:
     """A dataset held in memory: uint8 images [N,28,28,1] and int32 labels [N]."""
@@ -111,10 +123,11 @@ class Pipelines:
                     images, tf.random.experimental.stateless_fold_in(epoch_seed, batch_index))
             return images, tf.gather(self.train_labels, indices)
 
-        return (tf.data.Dataset.from_tensor_slices(
-                    (tf.range(skip_batches, num_batches), batches[skip_batches:]))
-                .map(gather)
-                .prefetch(tf.data.AUTOTUNE))
+        return without_autotuning(
+            tf.data.Dataset.from_tensor_slices(
+                (tf.range(skip_batches, num_batches), batches[skip_batches:]))
+            .map(gather)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def read_bytes(path: str, expected: str) -> bytes:
@@ -349,11 +362,12 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
     if augment == "flip":
         train = train.map(lambda images, labels: (
             tf.image.random_flip_left_right(images, seed=seed), labels))
-    train = train.prefetch(tf.data.AUTOTUNE)
+    train = without_autotuning(train.prefetch(tf.data.AUTOTUNE))
 
     def evaluation(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(
-            tf.data.AUTOTUNE)
+        return without_autotuning(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(
+                tf.data.AUTOTUNE))
 
     return Pipelines(
         train=train,

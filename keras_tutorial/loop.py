@@ -250,9 +250,6 @@ class Trainer:
                 if backup_now:
                     self.backup()
             seconds = time.perf_counter() - started
-            # Freed now, not when the next epoch's iterator replaces it: its C++ teardown took
-            # about 0.5 s once an evaluation had run in between (benchmarks/README.md).
-            del iterator
             steps_here = self.steps_per_epoch - done
             record = EpochRecord(epoch=epoch + 1, loss=loss_sum / steps_here,
                                  accuracy=correct_sum / (steps_here * self.config.global_batch_size),

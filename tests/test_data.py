@@ -210,6 +210,14 @@ def test_epochs_depend_only_on_seed_and_epoch_and_resume_exactly(small_arrays):
         _labels(pipelines.epoch(50, seed=3, epoch=0, skip_batches=4)), first[200:])
 
 
+def test_pipelines_run_without_the_autotuning_thread(small_arrays):
+    # Freeing an iterator waits for that thread, up to 10 s after an epoch here.
+    pipelines = data.make_pipelines(small_arrays, batch_size=50, seed=0, validation_size=100)
+    for dataset in (pipelines.train, pipelines.validation, pipelines.test,
+                    pipelines.epoch(50, seed=0, epoch=0)):
+        assert dataset.options().autotune.enabled is False
+
+
 def test_worker_shards_are_disjoint_and_equal(small_arrays):
     pipelines = data.make_pipelines(small_arrays, batch_size=32, seed=0, validation_size=100)
 
