@@ -55,8 +55,8 @@ class DataError(UserError):
     """Data that cannot be used; the message is one line meant for the user."""
 
 
-def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """`dataset` without tf.data's autotuning thread, whose iterators free at once.
+def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` prefetched, without tf.data's autotuning thread, so its iterators free at once.
 
     Freeing an iterator waits for that thread: 0.6 s after an MLP epoch, about 10 s after
     a CNN or LSTM epoch, every second to fourth epoch (benchmarks/README.md). These
@@ -64,7 +64,7 @@ def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """
     options = tf.data.Options()
     options.autotune.enabled = False
-    return dataset.with_options(options)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +123,8 @@ class Pipelines:
                     images, tf.random.experimental.stateless_fold_in(epoch_seed, batch_index))
             return images, tf.gather(self.train_labels, indices)
 
-        return without_autotuning(
-            tf.data.Dataset.from_tensor_slices(
-                (tf.range(skip_batches, num_batches), batches[skip_batches:]))
-            .map(gather)
-            .prefetch(tf.data.AUTOTUNE))
+        return prefetched(tf.data.Dataset.from_tensor_slices(
+            (tf.range(skip_batches, num_batches), batches[skip_batches:])).map(gather))
 
 
 def read_bytes(path: str, expected: str) -> bytes:
@@ -362,12 +359,10 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
     if augment == "flip":
         train = train.map(lambda images, labels: (
             tf.image.random_flip_left_right(images, seed=seed), labels))
-    train = without_autotuning(train.prefetch(tf.data.AUTOTUNE))
+    train = prefetched(train)
 
     def evaluation(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
-        return without_autotuning(
-            tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(
-                tf.data.AUTOTUNE))
+        return prefetched(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
 
     return Pipelines(
         train=train,
