@@ -337,8 +337,10 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
                    validation_size: int = 5000, augment: str = "none") -> Pipelines:
     """Builds the three pipelines; validation is the first `validation_size` training examples.
 
-    Training data follows the TFDS guide's order: cache, shuffle over the whole split (seeded,
-    reshuffled every epoch), batch, prefetch. Evaluation keeps its last partial batch.
+    Training data follows the TFDS guide's order, shuffle over the whole split (seeded,
+    reshuffled every epoch), batch, prefetch, without its cache: the split is in memory, held
+    once as a tensor that every training pipeline reads. Evaluation keeps its last partial
+    batch.
     `augment="flip"` mirrors a random half of each training batch left to right, which keeps
     a garment's (not a digit's) label.
     """
@@ -352,8 +354,8 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
     x_val, y_val = arrays.x_train[:validation_size], arrays.y_train[:validation_size]
     x_train, y_train = arrays.x_train[validation_size:], arrays.y_train[validation_size:]
 
-    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-             .cache()
+    train_images, train_labels = tf.constant(x_train), tf.constant(y_train)
+    train = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
              .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
              .batch(batch_size))
     if augment == "flip":
@@ -362,11 +364,12 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
     train = prefetched(train)
 
     def evaluation(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
-        return prefetched(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+        return prefetched(tf.data.Dataset.from_tensor_slices(
+            (tf.constant(x), tf.constant(y))).batch(batch_size))
 
     return Pipelines(
         train=train,
         validation=evaluation(x_val, y_val) if validation_size else None,
         test=evaluation(arrays.x_test, arrays.y_test),
         num_train=len(x_train), num_validation=validation_size, num_test=len(arrays.x_test),
-        train_images=tf.constant(x_train), train_labels=tf.constant(y_train), augment=augment)
+        train_images=train_images, train_labels=train_labels, augment=augment)
