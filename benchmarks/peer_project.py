@@ -15,15 +15,18 @@ import tempfile
 
 import numpy as np
 
+from keras_tutorial import cli
+
 # TensorFlow's import loads JAX, if installed, for TFLite: 0.4-0.5 s of start-up that the
 # project's own install (no bench extra) does not have. Imported as where JAX is absent, as
-# the Keras-JAX peer runs as where TensorFlow is.
+# the Keras-JAX peer runs as where TensorFlow is, and as the project's commands import it.
 sys.modules["jax"] = None
 try:
-    import tensorflow as tf
+    cli.import_tensorflow()
 finally:
     del sys.modules["jax"]
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from benchmarks import peer_common  # noqa: E402
 from keras_tutorial import data, distribute, experiment, export, loop  # noqa: E402
@@ -84,6 +87,7 @@ def main(argv: list[str]) -> None:
             pass
     latency = serving_latency(args, trainer.model, arrays.x_test[:1])
     assert "jax" not in sys.modules, "the project should not start JAX"
+    assert "matplotlib" not in sys.modules, "the project's commands start without matplotlib"
     peer_common.emit("project", args, param_counts(trainer.model), **progress.result(),
                      latency_ms=latency,
                      version=f"tensorflow {tf.__version__}, keras {keras.__version__}",

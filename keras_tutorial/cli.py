@@ -24,6 +24,8 @@ from keras_tutorial.errors import UserError
 # C++ start-up log (CUDA probing, CPU features) buries what matters. TF_CPP_MIN_LOG_LEVEL=0
 # brings it back.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Imported by Keras at start for plotting helpers that no command uses.
+_UNUSED_BY_COMMANDS = "matplotlib"
 
 EXIT_USER_ERROR = 2
 # The operating system's reasons, with which TensorFlow's file errors end ("<path>; <reason>").
@@ -31,6 +33,26 @@ _OS_REASONS = frozenset(os.strerror(code) for code in errno.errorcode)
 # TensorFlow's message around the path: "{{function_node ...}} " before it, " [Op:SaveV2]" after.
 _TF_FILE_ERROR = re.compile(r"(?:\{\{.*?\}\} )?(?:[^;]*?: )?(?P<path>[^;]+?); (?P<reason>[^;\[]+?)"
                             r"(?: \[Op:\w+\])?")
+
+
+def import_tensorflow() -> None:
+    """Imports TensorFlow, and with it Keras, without matplotlib; a command calls this before
+    anything else imports TensorFlow.
+
+    Keras's import of matplotlib is 0.5-0.7 s of a command's start-up on a 2-core machine
+    (benchmarks/README.md). A command that draws imports matplotlib itself afterwards; with a
+    Keras that cannot start without it, TensorFlow is imported as usual.
+    """
+    if "tensorflow" in sys.modules or _UNUSED_BY_COMMANDS in sys.modules:
+        return
+    sys.modules[_UNUSED_BY_COMMANDS] = None  # Importing it raises ImportError meanwhile.
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del sys.modules[_UNUSED_BY_COMMANDS]
+    import tensorflow  # noqa: F401, F811
 
 
 def fail(message: str) -> None:

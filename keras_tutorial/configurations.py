@@ -24,15 +24,19 @@ from unittest import mock
 
 from absl import flags
 
-from keras_tutorial import cli  # noqa: I001 Before TensorFlow, whose start-up log it quiets.
-import keras
-import numpy as np
-import tensorflow as tf
-from tensorflow.python.framework import kernels
+from keras_tutorial import cli
 
-from keras_tutorial import data, distribute, experiment, loop, models, objectives, versions
-from keras_tutorial.config import TrainConfig
-from keras_tutorial.errors import UserError
+cli.import_tensorflow()  # Before any module that imports TensorFlow.
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import kernels  # noqa: E402
+
+from keras_tutorial import (  # noqa: E402
+    data, distribute, experiment, loop, models, objectives, versions)
+from keras_tutorial.config import TrainConfig  # noqa: E402
+from keras_tutorial.errors import UserError  # noqa: E402
 
 KINDS = {
     "cpu": distribute.Devices(cpu_cores=2),

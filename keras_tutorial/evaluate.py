@@ -12,11 +12,16 @@ import math
 import os
 
 from absl import flags
-from matplotlib.figure import Figure
 import numpy as np
 
-from keras_tutorial import cli, data, files, versions
-from keras_tutorial.errors import UserError
+from keras_tutorial import cli
+
+cli.import_tensorflow()  # Before any module that imports TensorFlow.
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from keras_tutorial import data, files, versions  # noqa: E402
+from keras_tutorial.errors import UserError  # noqa: E402
 
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_FILE = "confusion_matrix.png"

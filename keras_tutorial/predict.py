@@ -11,10 +11,15 @@ import json
 
 from absl import app, flags
 import numpy as np
-import tensorflow as tf
 
-from keras_tutorial import cli, data, versions
-from keras_tutorial.errors import UserError
+from keras_tutorial import cli
+
+cli.import_tensorflow()  # Before any module that imports TensorFlow.
+
+import tensorflow as tf  # noqa: E402
+
+from keras_tutorial import data, versions  # noqa: E402
+from keras_tutorial.errors import UserError  # noqa: E402
 
 FORMATS = ("table", "json")
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")

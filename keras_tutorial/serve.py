@@ -36,13 +36,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-import tensorflow as tf
 import uvicorn
 
-from keras_tutorial import cli, rest
-from keras_tutorial.batching import Batcher
-from keras_tutorial.errors import UserError
-from keras_tutorial.repository import Repository, Version, check_export_dir
+from keras_tutorial import cli
+
+cli.import_tensorflow()  # Before any module that imports TensorFlow.
+
+import tensorflow as tf  # noqa: E402
+
+from keras_tutorial import rest  # noqa: E402
+from keras_tutorial.batching import Batcher  # noqa: E402
+from keras_tutorial.errors import UserError  # noqa: E402
+from keras_tutorial.repository import Repository, Version, check_export_dir  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501  # TF Serving's REST port.

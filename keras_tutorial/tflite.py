@@ -14,10 +14,15 @@ import warnings
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
-from tensorflow.lite.python.convert_phase import ConverterError
 
-from keras_tutorial import cli, data, files, versions
+from keras_tutorial import cli
+
+cli.import_tensorflow()  # Before any module that imports TensorFlow.
+
+import tensorflow as tf  # noqa: E402
+from tensorflow.lite.python.convert_phase import ConverterError  # noqa: E402
+
+from keras_tutorial import data, files, versions  # noqa: E402
 
 VARIANTS = ("float", "dynamic_range")
 INFO_FILE = "tflite_info.json"

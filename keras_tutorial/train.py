@@ -13,7 +13,11 @@ import os
 
 from absl import flags
 
-from keras_tutorial import cli, config, data, distribute, experiment, models, objectives
+from keras_tutorial import cli
+
+cli.import_tensorflow()  # Before any module that imports TensorFlow.
+
+from keras_tutorial import config, data, distribute, experiment, models, objectives  # noqa: E402
 
 DEFAULTS = config.TrainConfig()
 PRINTED = ("model", "dataset", "test_accuracy", "train_examples_per_sec", "wall_seconds",

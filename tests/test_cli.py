@@ -53,6 +53,33 @@ def test_every_command_has_help_and_reports_bad_input_in_one_line(command, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS + ["configurations"])
+def test_commands_start_without_matplotlib(command):
+    # Keras imports matplotlib for plots no command draws: 0.5-0.7 s of every start-up.
+    # The evaluate command draws, with matplotlib imported itself; launch needs no TensorFlow.
+    script = (f"import sys, keras_tutorial.{command}; "
+              "print(' '.join(m for m in ('matplotlib', 'keras', 'tensorflow') "
+              "if m in sys.modules) or '-')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = {"evaluate": "matplotlib keras tensorflow", "launch": "-"}
+    assert result.stdout.strip().splitlines()[-1] == expected.get(command, "keras tensorflow")
+
+
+def test_a_tensorflow_that_needs_matplotlib_still_imports(tmp_path):
+    # A stand-in for a Keras that imports matplotlib unconditionally.
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("import matplotlib\n")
+    script = ("import sys; from keras_tutorial import cli; cli.import_tensorflow(); "
+              "print('matplotlib' in sys.modules, sys.modules['tensorflow'].__file__)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", str(tmp_path / "tensorflow" / "__init__.py")]
+
+
+@pytest.mark.slow
 def test_a_flag_absl_refuses_is_one_line_and_exit_status_2():
     result = subprocess.run([sys.executable, "-m", "keras_tutorial.evaluate", "--version=0"],
                             capture_output=True, text=True, timeout=120)
