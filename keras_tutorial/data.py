@@ -337,10 +337,9 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
                    validation_size: int = 5000, augment: str = "none") -> Pipelines:
     """Builds the three pipelines; validation is the first `validation_size` training examples.
 
-    Training data follows the TFDS guide's order, shuffle over the whole split (seeded,
-    reshuffled every epoch), batch, prefetch, without its cache: the split is in memory, held
-    once as a tensor that every training pipeline reads. Evaluation keeps its last partial
-    batch.
+    Training data follows the TFDS guide's order: cache, shuffle over the whole split (seeded,
+    reshuffled every epoch), batch, prefetch. The split is converted to a tensor once, which
+    both training pipelines read. Evaluation keeps its last partial batch.
     `augment="flip"` mirrors a random half of each training batch left to right, which keeps
     a garment's (not a digit's) label.
     """
@@ -356,6 +355,7 @@ def make_pipelines(arrays: Arrays, batch_size: int, seed: int,
 
     train_images, train_labels = tf.constant(x_train), tf.constant(y_train)
     train = (tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+             .cache()
              .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
              .batch(batch_size))
     if augment == "flip":
