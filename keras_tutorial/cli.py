@@ -9,12 +9,14 @@ modules never read flags.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import sys
-from typing import Callable, Sequence
+import tempfile
+from typing import Callable, Iterator, Sequence
 
 from absl import app, flags
 
@@ -26,6 +28,14 @@ from keras_tutorial.errors import UserError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Imported by Keras at start for plotting helpers that no command uses.
 _UNUSED_BY_COMMANDS = "matplotlib"
+# A native log line (absl's format: severity, date, time, thread, file:line]), in the
+# severities TF_CPP_MIN_LOG_LEVEL 0-3 ranks: INFO, WARNING, ERROR, FATAL.
+_NATIVE_LOG_LINE = r"[{severities}]\d{{4}} [\d:.]+ +\d+ [^ ]+:\d+\] "
+_SEVERITIES = "IWEF"
+_ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
+# A line that starts a record of its own: any native log line, or a Python warning.
+_RECORD_START = re.compile(_NATIVE_LOG_LINE.format(severities=_SEVERITIES)
+                           + r"|.+:\d+: \w*Warning: ")
 
 EXIT_USER_ERROR = 2
 # The operating system's reasons, with which TensorFlow's file errors end ("<path>; <reason>").
@@ -45,14 +55,61 @@ def import_tensorflow() -> None:
     """
     if "tensorflow" in sys.modules or _UNUSED_BY_COMMANDS in sys.modules:
         return
-    sys.modules[_UNUSED_BY_COMMANDS] = None  # Importing it raises ImportError meanwhile.
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        del sys.modules[_UNUSED_BY_COMMANDS]
-    import tensorflow  # noqa: F401, F811
+    with _native_chatter_held_back():
+        sys.modules[_UNUSED_BY_COMMANDS] = None  # Importing it raises ImportError meanwhile.
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass
+        finally:
+            del sys.modules[_UNUSED_BY_COMMANDS]
+        import tensorflow  # noqa: F401, F811
+
+
+@contextlib.contextmanager
+def _native_chatter_held_back() -> Iterator[None]:
+    """Standard error held back, then passed on without the native log lines that
+    TF_CPP_MIN_LOG_LEVEL leaves out (INFO and WARNING by default); all of it if the block fails.
+
+    TensorFlow 2.21 logs its import through absl before anything sets absl's level, so
+    TF_CPP_MIN_LOG_LEVEL no longer quiets it (CUDA probing and CPU features, twice).
+    """
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    dropped = _SEVERITIES[:min(int(level), 3)] if level.isdigit() else "IW"
+    if not dropped:
+        yield
+        return
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(stderr, 2)
+            os.close(stderr)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            sys.stderr.write(text if failed else _without_native_lines(text, dropped))
+            sys.stderr.flush()
+
+
+def _without_native_lines(text: str, severities: str) -> str:
+    """`text` without the native log records of these severities (continuation lines included)
+    and absl's notice that it logs to stderr."""
+    dropped = re.compile(_NATIVE_LOG_LINE.format(severities=severities))
+    kept, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        if dropped.match(line) or line.startswith(_ABSL_NOTICE):
+            dropping = True
+        elif _RECORD_START.match(line):
+            dropping = False
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def fail(message: str) -> None:

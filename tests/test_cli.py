@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -54,9 +55,10 @@ def test_every_command_has_help_and_reports_bad_input_in_one_line(command, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS + ["configurations"])
-def test_commands_start_without_matplotlib(command):
+def test_commands_start_quietly_and_without_matplotlib(command):
     # Keras imports matplotlib for plots no command draws: 0.5-0.7 s of every start-up.
     # The evaluate command draws, with matplotlib imported itself; launch needs no TensorFlow.
+    # TensorFlow's native INFO and WARNING lines are held back.
     script = (f"import sys, keras_tutorial.{command}; "
               "print(' '.join(m for m in ('matplotlib', 'keras', 'tensorflow') "
               "if m in sys.modules) or '-')")
@@ -65,6 +67,40 @@ def test_commands_start_without_matplotlib(command):
     assert result.returncode == 0, result.stderr[-2000:]
     expected = {"evaluate": "matplotlib keras tensorflow", "launch": "-"}
     assert result.stdout.strip().splitlines()[-1] == expected.get(command, "keras tensorflow")
+    assert not re.search(r"^[IW]\d{4} |InitializeLog", result.stderr, re.MULTILINE), result.stderr
+
+
+CHATTER = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+           "STDERR\n"
+           "I0000 00:00:1796276230.923707   21873 port.cc:153] oneDNN custom operations are on.\n"
+           "I0000 00:00:1796276234.023186   21873 cpu_feature_guard.cc:227] This TensorFlow binary"
+           " is optimized\nTo enable the following instructions: AVX2 FMA, rebuild TensorFlow.\n")
+REAL_ERROR = "E0000 00:00:1796275628.768471   16819 cuda_platform.cc:52] failed call to cuInit\n"
+
+
+def _import_fake_tensorflow(tmp_path, body, **env):
+    # A stand-in TensorFlow whose import writes native log lines to file descriptor 2.
+    (tmp_path / "tensorflow").mkdir(exist_ok=True)
+    (tmp_path / "tensorflow" / "__init__.py").write_text(
+        f"import os\nos.write(2, {(CHATTER + REAL_ERROR).encode()!r})\n{body}\n")
+    script = "from keras_tutorial import cli; cli.import_tensorflow(); print('imported')"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path), **env})
+
+
+def test_tensorflow_import_keeps_only_native_errors(tmp_path):
+    result = _import_fake_tensorflow(tmp_path, "")
+    assert result.returncode == 0 and result.stdout == "imported\n"
+    assert result.stderr == REAL_ERROR
+
+
+def test_tensorflow_import_shows_everything_when_asked_or_when_it_fails(tmp_path):
+    asked = _import_fake_tensorflow(tmp_path, "", TF_CPP_MIN_LOG_LEVEL="0")
+    assert asked.returncode == 0 and asked.stderr == CHATTER + REAL_ERROR
+    failed = _import_fake_tensorflow(tmp_path, "raise RuntimeError('broken install')")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(CHATTER + REAL_ERROR)
+    assert failed.stderr.strip().splitlines()[-1] == "RuntimeError: broken install"
 
 
 def test_a_tensorflow_that_needs_matplotlib_still_imports(tmp_path):
