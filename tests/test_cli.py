@@ -79,18 +79,24 @@ REAL_ERROR = "E0000 00:00:1796275628.768471   16819 cuda_platform.cc:52] failed 
 
 
 def _import_fake_tensorflow(tmp_path, body, **env):
-    # A stand-in TensorFlow whose import writes native log lines to file descriptor 2.
+    # A stand-in TensorFlow whose import writes native log lines to file descriptor 2; the
+    # script prints whether matplotlib was imported, and from where TensorFlow was.
     (tmp_path / "tensorflow").mkdir(exist_ok=True)
     (tmp_path / "tensorflow" / "__init__.py").write_text(
         f"import os\nos.write(2, {(CHATTER + REAL_ERROR).encode()!r})\n{body}\n")
-    script = "from keras_tutorial import cli; cli.import_tensorflow(); print('imported')"
+    script = ("import sys; from keras_tutorial import cli; cli.import_tensorflow(); "
+              "print('matplotlib' in sys.modules, sys.modules['tensorflow'].__file__)")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path), **env})
 
 
+def _stand_in(tmp_path):
+    return str(tmp_path / "tensorflow" / "__init__.py")
+
+
 def test_tensorflow_import_keeps_only_native_errors(tmp_path):
     result = _import_fake_tensorflow(tmp_path, "")
-    assert result.returncode == 0 and result.stdout == "imported\n"
+    assert result.returncode == 0 and result.stdout.split() == ["False", _stand_in(tmp_path)]
     assert result.stderr == REAL_ERROR
 
 
@@ -105,14 +111,9 @@ def test_tensorflow_import_shows_everything_when_asked_or_when_it_fails(tmp_path
 
 def test_a_tensorflow_that_needs_matplotlib_still_imports(tmp_path):
     # A stand-in for a Keras that imports matplotlib unconditionally.
-    (tmp_path / "tensorflow").mkdir()
-    (tmp_path / "tensorflow" / "__init__.py").write_text("import matplotlib\n")
-    script = ("import sys; from keras_tutorial import cli; cli.import_tensorflow(); "
-              "print('matplotlib' in sys.modules, sys.modules['tensorflow'].__file__)")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    result = _import_fake_tensorflow(tmp_path, "import matplotlib")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["True", str(tmp_path / "tensorflow" / "__init__.py")]
+    assert result.stdout.split() == ["True", _stand_in(tmp_path)]
 
 
 @pytest.mark.slow
