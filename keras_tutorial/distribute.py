@@ -35,11 +35,13 @@ JIT_WHEN_AUTO = {
 }
 
 # Threads one op may use on a CPU-only machine, by model and CPU vendor, where measured to beat
-# TensorFlow's default of every core (benchmarks/README.md). On the 2-core Intel Xeon the MLP's
+# TensorFlow's default of every core (benchmarks/README.md). On the 2-core Intel Xeons the MLP's
 # matmuls were no faster on two threads, and one thread per op left the other core to
 # independent ops and the input pipeline (1.3x); on the 2-core AMD EPYC two threads do speed
-# them up, and the default trained the MLP 1.1-1.2x faster than one thread.
-INTRA_OP_THREADS_ON_CPU = {("mlp", "GenuineIntel"): 1}
+# them up, and the default trained the MLP 1.1-1.2x faster than one thread. The LSTM's two
+# batch slices each keep a core to themselves with one thread per op (1.06-1.12x on an Intel
+# Xeon), which holds only where there are as many cores as slices.
+INTRA_OP_THREADS_ON_CPU = {("mlp", "GenuineIntel"): 1, ("lstm", "GenuineIntel"): 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,14 @@ class Choices:
     intra_op_threads: int
     fast_paths: bool
     lstm_slices: int
+
+
+def _cpu_threads_per_op(model: str, devices: Devices, lstm_slices: int) -> int:
+    """Threads per op on a CPU-only machine (0: TensorFlow's default). One thread per op for
+    the LSTM's two slices on more cores than two would leave the other cores idle."""
+    if model == "lstm" and lstm_slices != devices.cpu_cores:
+        return 0
+    return INTRA_OP_THREADS_ON_CPU.get((model, devices.cpu_vendor), 0)
 
 
 def choose(devices: Devices, model: str, strategy: str = "auto", precision: str = "auto",
@@ -95,6 +105,7 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
     if jit_compile == "true" and xla_nondeterministic:
         raise UserError("--deterministic with --jit_compile=true: XLA has no deterministic "
                         "gradient of max pooling; use --jit_compile=false or --pooling=average")
+    lstm_slices = 2 if fast and on_cpu and devices.cpu_cores > 1 else 1
     return Choices(
         strategy=name,
         device_kind=kind,
@@ -103,9 +114,9 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
                      if jit_compile == "auto" else jit_compile == "true"),
         intra_op_threads=(intra_op_threads if intra_op_threads is not None
                           else 0 if accelerated
-                          else INTRA_OP_THREADS_ON_CPU.get((model, devices.cpu_vendor), 0)),
+                          else _cpu_threads_per_op(model, devices, lstm_slices)),
         fast_paths=fast,
-        lstm_slices=2 if fast and on_cpu and devices.cpu_cores > 1 else 1)
+        lstm_slices=lstm_slices)
 
 
 def detect_devices(num_workers: int = 1) -> Devices:

@@ -96,6 +96,7 @@ def define_flags() -> None:
 
 def _threads_on_cpu() -> str:
     return ", ".join(f"{threads} for the {model.upper()} on {vendor} CPUs"
+                     + (" of 2 cores" if model == "lstm" else "")
                      for (model, vendor), threads in distribute.INTRA_OP_THREADS_ON_CPU.items())
 
 
