@@ -77,7 +77,7 @@ def build_model(config: TrainConfig, fast_paths: bool = False, lstm_slices: int 
     never takes cuDNN's kernel, which XLA cannot compile."""
     return models.build(config.model, activation=config.activation, pooling=config.pooling,
                         batch_norm=config.batch_norm, average_mirrors=config.augment == "flip",
-                        fast_paths=fast_paths, lstm_slices=lstm_slices, cudnn=not jit_compile)
+                        fast_paths=fast_paths, lstm_slices=lstm_slices, fused_lstm_kernels=not jit_compile)
 
 
 def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelines,

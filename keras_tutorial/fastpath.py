@@ -4,10 +4,11 @@
   normalization, computed by TensorFlow's fused kernels. Keras 3 writes each as a dozen small
   ops, whose passes over memory cost a CPU as much as a small model's matmuls.
 - `BatchParallelLSTM`: an LSTM that runs parts of its batch as independent chains of ops, so that
-  a CPU's cores work side by side.
+  a CPU's cores work side by side, each chain in `fused_lstm_chain`'s fewer and larger ops.
 
 All give the same results as stock Keras up to float rounding. They use private attributes
-(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`), so `unavailable_reason`
+(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`) and raw TensorFlow ops
+(`LSTMBlockCellGrad`), so `unavailable_reason`
 tries them once; where a Keras release breaks them, training falls back to stock Keras with one
 logged line instead of failing. `distribute.choose` decides where they are on (CPUs only:
 benchmarks/README.md has the measurements).
@@ -79,22 +80,121 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
+def _icfo(weights: tf.Tensor) -> tf.Tensor:
+    """Gate columns from Keras's order (input, forget, cell, output) to the (input, cell,
+    forget, output) of TensorFlow's LSTM block kernels."""
+    i, f, c, o = tf.split(weights, 4, axis=-1)
+    return tf.concat([i, c, f, o], axis=-1)
+
+
+def _ifco(weights: tf.Tensor) -> tf.Tensor:
+    """Gate columns back from the block kernels' order to Keras's."""
+    i, c, f, o = tf.split(weights, 4, axis=-1)
+    return tf.concat([i, f, c, o], axis=-1)
+
+
+def fused_lstm_chain(sequences: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor,
+                     bias: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Keras's default LSTM cell (tanh, sigmoid, bias) over `sequences` [batch, time, features]
+    from the state (h0, c0): its last output and cell state, in fewer and larger ops.
+
+    Forward, a step is one matmul, bias and sigmoid, which oneDNN runs as one op (the cell
+    gate's tanh(z) is computed as 2 sigmoid(2z) - 1, its weights doubled), then the new state.
+    Backward, TensorFlow's `LSTMBlockCellGrad` kernel does a step's elementwise work in one op,
+    and the weights' gradients are one matmul over all steps after the loop instead of one
+    small matmul per step.
+    """
+    units = recurrent_kernel.shape[0]
+    gate_scale = tf.constant(np.repeat([1.0, 1.0, 2.0, 1.0], units), kernel.dtype)
+
+    @tf.custom_gradient
+    def chain(sequences, kernel, recurrent_kernel, bias, h0, c0):
+        steps = tf.shape(sequences)[1]
+        inputs = tf.TensorArray(sequences.dtype, size=steps, clear_after_read=False).unstack(
+            tf.transpose(sequences, [1, 0, 2]))
+        weights = tf.concat([kernel, recurrent_kernel], axis=0)
+        scaled_weights, scaled_bias = weights * gate_scale, bias * gate_scale
+
+        def per_step(size=steps):
+            return tf.TensorArray(sequences.dtype, size=size, clear_after_read=False)
+
+        def forward(t, h, c, i_s, f_s, g_s, o_s, c_s, tanh_c_s, xh_s):
+            xh = tf.concat([inputs.read(t), h], axis=1)
+            gates = tf.sigmoid(tf.nn.bias_add(tf.matmul(xh, scaled_weights), scaled_bias))
+            i, f, g, o = tf.split(gates, 4, axis=1)
+            g = 2 * g - 1
+            c_next = f * c + i * g
+            tanh_c = tf.tanh(c_next)
+            return (t + 1, o * tanh_c, c_next, i_s.write(t, i), f_s.write(t, f),
+                    g_s.write(t, g), o_s.write(t, o), c_s.write(t + 1, c_next),
+                    tanh_c_s.write(t, tanh_c), xh_s.write(t, xh))
+
+        _, h, c, i_s, f_s, g_s, o_s, c_s, tanh_c_s, xh_s = tf.while_loop(
+            lambda t, *_: t < steps, forward,
+            (0, h0, c0, per_step(), per_step(), per_step(), per_step(),
+             per_step(steps + 1).write(0, c0), per_step(), per_step()))
+
+        def gradient(dh, dc):
+            dh = tf.zeros_like(h) if dh is None else dh
+            dc = tf.zeros_like(c) if dc is None else dc
+            weights_icfo = _icfo(weights)
+            recurrent_icfo_t = tf.transpose(weights_icfo[-units:])
+            no_peephole = tf.zeros([units], weights.dtype)
+
+            def backward(k, dh, dc, dz_s):
+                t = steps - 1 - k
+                # The kernel's arithmetic reads none of x, h_prev, w and b: shapes only.
+                dc_prev, dz, *_ = tf.raw_ops.LSTMBlockCellGrad(
+                    x=inputs.read(t), cs_prev=c_s.read(t), h_prev=dh, w=weights_icfo,
+                    wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=bias,
+                    i=i_s.read(t), cs=c_s.read(t + 1), f=f_s.read(t), o=o_s.read(t),
+                    ci=g_s.read(t), co=tanh_c_s.read(t), cs_grad=dc, h_grad=dh,
+                    use_peephole=False)
+                return k + 1, tf.matmul(dz, recurrent_icfo_t), dc_prev, dz_s.write(t, dz)
+
+            _, dh0, dc0, dz_s = tf.while_loop(lambda k, *_: k < steps, backward,
+                                              (0, dh, dc, per_step()))
+            dz = tf.reshape(dz_s.stack(), [-1, 4 * units])
+            xh = tf.reshape(xh_s.stack(), [-1, weights.shape[0]])
+            d_weights = _ifco(tf.matmul(xh, dz, transpose_a=True))
+            d_bias = _ifco(tf.matmul(tf.ones([1, tf.shape(dz)[0]], dz.dtype), dz)[0])
+            d_inputs = tf.reshape(tf.matmul(dz, weights_icfo[:-units], transpose_b=True),
+                                  [steps, -1, kernel.shape[0]])
+            return (tf.transpose(d_inputs, [1, 0, 2]), d_weights[:-units], d_weights[-units:],
+                    d_bias, dh0, dc0)
+
+        return (h, c), gradient
+
+    return chain(sequences, kernel, recurrent_kernel, bias, h0, c0)
+
+
 @keras.saving.register_keras_serializable(package="keras_tutorial")
 class BatchParallelLSTM(keras.layers.LSTM):
     """An LSTM that runs `slices` parts of its batch as independent chains of ops.
 
     A time step is a chain of small dependent ops that keeps about one core busy; examples never
     interact in an LSTM, so parts of the batch can run side by side on other cores and give the
-    same results. Masks, dropout and state need the whole batch: those run as one call.
+    same results. Masks, dropout and state need the whole batch: those run as one call. Each
+    part runs `fused_lstm_chain` where the cell is Keras's default and only the last output is
+    returned, unless `fused=False`; else Keras's own loop.
     """
 
-    def __init__(self, units: int, slices: int = 2, **kwargs):
+    def __init__(self, units: int, slices: int = 2, fused: bool = True, **kwargs):
         super().__init__(units, **kwargs)
-        self.slices = slices
+        self.slices, self.fused = slices, fused
 
     def _sliceable(self, mask) -> bool:
         return (self.slices > 1 and mask is None and not self.stateful and not self.dropout
                 and not self.recurrent_dropout)
+
+    def _fused_chain(self) -> bool:
+        """Whether each slice runs `fused_lstm_chain`: asked for (XLA cannot compile its
+        kernels), and Keras's default cell with the last output only."""
+        cell = self.cell
+        return (self.fused and cell.activation is keras.activations.tanh and cell.use_bias
+                and cell.recurrent_activation is keras.activations.sigmoid
+                and not (self.return_sequences or self.go_backwards or self.unroll)
+                and self.compute_dtype == "float32")
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         whole = super().inner_loop
@@ -110,19 +210,27 @@ class BatchParallelLSTM(keras.layers.LSTM):
         return self._sliced_loop(sequences, initial_state, training)
 
     def _sliced_loop(self, sequences, initial_state, training):
-        """The Keras loop over each slice, its outputs and states concatenated back in order."""
+        """Each slice's loop, its outputs and states concatenated back in order."""
         batch = tf.shape(sequences)[0]
         bounds = tf.range(self.slices + 1) * batch // self.slices
         sizes = bounds[1:] - bounds[:-1]
         parts = zip(tf.split(sequences, sizes, num=self.slices),
                     *(tf.split(state, sizes, num=self.slices) for state in initial_state))
+        if self._fused_chain():
+            cell = self.cell
+            states = [fused_lstm_chain(part, tf.convert_to_tensor(cell.kernel),
+                                       tf.convert_to_tensor(cell.recurrent_kernel),
+                                       tf.convert_to_tensor(cell.bias), h0, c0)
+                      for part, h0, c0 in parts]
+            h, c = (tf.concat(pieces, axis=0) for pieces in zip(*states))
+            return h, h[:, None, :], (h, c)
         results = [super(BatchParallelLSTM, self).inner_loop(part, list(states), None,
                                                              training=training)
                    for part, *states in parts]
         return tf.nest.map_structure(lambda *pieces: tf.concat(pieces, axis=0), *results)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "slices": self.slices}
+        return {**super().get_config(), "slices": self.slices, "fused": self.fused}
 
 
 @functools.cache
@@ -133,7 +241,10 @@ def unavailable_reason() -> str | None:
         for optimizer in (FusedAdam(0.1), FusedSGD(0.1, momentum=0.9)):
             optimizer.apply_gradients([(tf.ones((2,)), variable)])
         FusedBatchNormalization()(tf.ones((2, 2, 2, 1)), training=True)
-        BatchParallelLSTM(2, slices=2)(tf.ones((2, 3, 1)))
+        lstm = BatchParallelLSTM(2, slices=2)
+        with tf.GradientTape() as tape:
+            outputs = lstm(tf.ones((2, 3, 1)), training=True)
+        tape.gradient(outputs, lstm.trainable_variables)
     except Exception as e:  # Whatever a changed internal raises, stock Keras still works.
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return None
@@ -159,4 +270,5 @@ def stock_layer(layer: keras.layers.Layer, **overrides) -> keras.layers.Layer:
     or a `.keras` file should hold, so that loading it needs nothing of this package."""
     config = {**layer.get_config(), **overrides}
     config.pop("slices", None)
+    config.pop("fused", None)
     return _STOCK_CLASSES.get(type(layer), type(layer)).from_config(config)
