@@ -291,7 +291,8 @@ def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs:
         jit_compile = choices.jit_compile
     strategy = tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
-    model = experiment.build_model(config, fast_paths, choices.lstm_slices)
+    model = experiment.build_model(config, fast_paths, choices.lstm_slices, jit_compile,
+                                   choices.lstm_fused_chain)
     decay_steps = epochs * loop.steps_per_epoch(pipelines.num_train, settings.batch_size, 1)
     optimizer = objectives.make_optimizer(config.optimizer, config.learning_rate, decay_steps,
                                           fused=fast_paths)

@@ -206,7 +206,8 @@ def gpu_trace(config: TrainConfig, choices: distribute.Choices) -> dict:
     with traced_as_on_a_gpu(), _precision(choices.precision), \
             tempfile.TemporaryDirectory() as backup_dir:
         model = experiment.build_model(config.resolved(), choices.fast_paths,
-                                       choices.lstm_slices, choices.jit_compile)
+                                       choices.lstm_slices, choices.jit_compile,
+                                       choices.lstm_fused_chain)
         optimizer = objectives.make_optimizer(
             config.optimizer, 1e-3, 1, loss_scaling=choices.precision == "mixed_float16",
             fused=choices.fast_paths)

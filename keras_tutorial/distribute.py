@@ -67,6 +67,7 @@ class Choices:
     intra_op_threads: int
     fast_paths: bool
     lstm_slices: int
+    lstm_fused_chain: bool
 
 
 def _cpu_threads_per_op(model: str, devices: Devices, lstm_slices: int) -> int:
@@ -85,7 +86,7 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
 
     The fast paths (fastpath.py) and the LSTM's batch slices were measured to pay on CPUs
     only, so accelerators run stock Keras; the slices need the cores of a CPU even when the
-    fast paths are asked for elsewhere. XLA has no deterministic gradient of max pooling
+    fast paths are asked for elsewhere, and their fused chains one thread per op. XLA has no deterministic gradient of max pooling
     ("GPU MaxPool gradient ops do not yet have a deterministic XLA implementation", raised on
     CPUs too), so a deterministic CNN that pools so runs without it.
     """
@@ -106,17 +107,20 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
         raise UserError("--deterministic with --jit_compile=true: XLA has no deterministic "
                         "gradient of max pooling; use --jit_compile=false or --pooling=average")
     lstm_slices = 2 if fast and on_cpu and devices.cpu_cores > 1 else 1
+    threads = (intra_op_threads if intra_op_threads is not None else 0 if accelerated
+               else _cpu_threads_per_op(model, devices, lstm_slices))
     return Choices(
         strategy=name,
         device_kind=kind,
         precision=choose_precision(precision, kind, devices.compute_capability),
         jit_compile=(JIT_WHEN_AUTO[kind][model] and not xla_nondeterministic
                      if jit_compile == "auto" else jit_compile == "true"),
-        intra_op_threads=(intra_op_threads if intra_op_threads is not None
-                          else 0 if accelerated
-                          else _cpu_threads_per_op(model, devices, lstm_slices)),
+        intra_op_threads=threads,
         fast_paths=fast,
-        lstm_slices=lstm_slices)
+        lstm_slices=lstm_slices,
+        # Measured to pay with one thread per op only (1.07-1.17x, against 0.94-0.95x with
+        # two), where each slice's chain keeps a core (benchmarks/README.md).
+        lstm_fused_chain=model == "lstm" and lstm_slices > 1 and threads == 1)
 
 
 def detect_devices(num_workers: int = 1) -> Devices:

@@ -71,13 +71,15 @@ def load_data(config: TrainConfig) -> tuple[data.Arrays, data.Pipelines]:
 
 
 def build_model(config: TrainConfig, fast_paths: bool = False, lstm_slices: int = 1,
-                jit_compile: bool = False) -> keras.Model:
+                jit_compile: bool = False, lstm_fused_chain: bool = False) -> keras.Model:
     """The model of a resolved `config`; one trained on mirrored images averages its
     predictions over each image and its mirror. A step that XLA compiles gets an LSTM that
-    never takes cuDNN's kernel, which XLA cannot compile."""
+    takes neither cuDNN's kernel nor the fused chain's, which XLA cannot compile."""
     return models.build(config.model, activation=config.activation, pooling=config.pooling,
                         batch_norm=config.batch_norm, average_mirrors=config.augment == "flip",
-                        fast_paths=fast_paths, lstm_slices=lstm_slices, fused_lstm_kernels=not jit_compile)
+                        fast_paths=fast_paths, lstm_slices=lstm_slices,
+                        lstm_fused_chain=lstm_fused_chain and not jit_compile,
+                        cudnn=not jit_compile)
 
 
 def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelines,
@@ -88,7 +90,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelin
                                                        cluster.num_workers)
     with runtime.strategy.scope():
         model = build_model(config, runtime.fast_paths, runtime.choices.lstm_slices,
-                            runtime.choices.jit_compile)
+                            runtime.choices.jit_compile, runtime.choices.lstm_fused_chain)
         optimizer = objectives.make_optimizer(
             config.optimizer, config.learning_rate, decay_steps,
             loss_scaling=runtime.choices.precision == "mixed_float16", fused=runtime.fast_paths)

@@ -175,11 +175,11 @@ class BatchParallelLSTM(keras.layers.LSTM):
     A time step is a chain of small dependent ops that keeps about one core busy; examples never
     interact in an LSTM, so parts of the batch can run side by side on other cores and give the
     same results. Masks, dropout and state need the whole batch: those run as one call. Each
-    part runs `fused_lstm_chain` where the cell is Keras's default and only the last output is
-    returned, unless `fused=False`; else Keras's own loop.
+    part runs `fused_lstm_chain` with `fused=True` where the cell is Keras's default and only
+    the last output is returned, else Keras's own loop.
     """
 
-    def __init__(self, units: int, slices: int = 2, fused: bool = True, **kwargs):
+    def __init__(self, units: int, slices: int = 2, fused: bool = False, **kwargs):
         super().__init__(units, **kwargs)
         self.slices, self.fused = slices, fused
 
@@ -188,8 +188,8 @@ class BatchParallelLSTM(keras.layers.LSTM):
                 and not self.recurrent_dropout)
 
     def _fused_chain(self) -> bool:
-        """Whether each slice runs `fused_lstm_chain`: asked for (XLA cannot compile its
-        kernels), and Keras's default cell with the last output only."""
+        """Whether each slice runs `fused_lstm_chain`: asked for, Keras's default cell, and
+        the last output only."""
         cell = self.cell
         return (self.fused and cell.activation is keras.activations.tanh and cell.use_bias
                 and cell.recurrent_activation is keras.activations.sigmoid
@@ -241,7 +241,7 @@ def unavailable_reason() -> str | None:
         for optimizer in (FusedAdam(0.1), FusedSGD(0.1, momentum=0.9)):
             optimizer.apply_gradients([(tf.ones((2,)), variable)])
         FusedBatchNormalization()(tf.ones((2, 2, 2, 1)), training=True)
-        lstm = BatchParallelLSTM(2, slices=2)
+        lstm = BatchParallelLSTM(2, slices=2, fused=True)
         with tf.GradientTape() as tape:
             outputs = lstm(tf.ones((2, 3, 1)), training=True)
         tape.gradient(outputs, lstm.trainable_variables)

@@ -106,19 +106,19 @@ def cnn(filters: tuple[int, ...] = (32, 64, 128), kernel_size: int = 3, pooling:
 
 
 def lstm(units: int = 128, dense_units: int = 0, average_mirrors: bool = False,
-         slices: int = 1, fused_kernels: bool = True) -> keras.Model:
+         slices: int = 1, fused_chain: bool = False, cudnn: bool = True) -> keras.Model:
     """Reads each image as 28 time steps of 28 pixels; the last hidden state is classified.
 
     The LSTM keeps Keras's default activations, no recurrent dropout and no unrolling: the
-    conditions under which Keras runs it with the fused cuDNN kernel on a GPU. `slices` > 1
-    runs parts of each batch side by side (fastpath.BatchParallelLSTM), for a CPU's cores, each
-    with TensorFlow's fused LSTM kernels. `fused_kernels=False` keeps Keras's generic loop
-    everywhere, for a step that XLA compiles (XLA has neither kernel).
+    conditions under which Keras runs it with the fused cuDNN kernel on a GPU. `cudnn=False`
+    keeps Keras's generic loop even there, for a step that XLA compiles (XLA has no cuDNN
+    kernel). `slices` > 1 runs parts of each batch side by side (fastpath.BatchParallelLSTM),
+    for a CPU's cores, each as `fastpath.fused_lstm_chain` with `fused_chain`.
     """
     images, x = _image_input(average_mirrors)
     x = layers.Reshape(IMAGE_SHAPE[:2], name="rows_as_steps")(x)
-    use_cudnn = "auto" if fused_kernels else False
-    recurrent = (fastpath.BatchParallelLSTM(units, slices=slices, fused=fused_kernels,
+    use_cudnn = "auto" if cudnn else False
+    recurrent = (fastpath.BatchParallelLSTM(units, slices=slices, fused=fused_chain,
                                             use_cudnn=use_cudnn, name="lstm")
                  if slices > 1 else layers.LSTM(units, use_cudnn=use_cudnn, name="lstm"))
     x = recurrent(x)
@@ -129,14 +129,15 @@ def lstm(units: int = 128, dense_units: int = 0, average_mirrors: bool = False,
 
 def build(name: str, activation: str = "relu", pooling: str = "max",
           batch_norm: bool = True, average_mirrors: bool = False, fast_paths: bool = False,
-          lstm_slices: int = 1, fused_lstm_kernels: bool = True) -> keras.Model:
+          lstm_slices: int = 1, lstm_fused_chain: bool = False, cudnn: bool = True,
+          ) -> keras.Model:
     """Builds a model by name with its default shape; the tutorial's knobs where they apply.
 
     `average_mirrors` suits a model trained on randomly mirrored images: it has learned both
     orientations, and averaging them when predicting removes some of each one's errors.
-    `fast_paths` uses fastpath.py's layers: the fused batch norm, and `lstm_slices` batch slices;
-    `fused_lstm_kernels=False` keeps the LSTM off cuDNN's and TensorFlow's fused kernels (for
-    XLA).
+    `fast_paths` uses fastpath.py's layers: the fused batch norm, and `lstm_slices` batch slices,
+    each a fused chain of ops with `lstm_fused_chain`; `cudnn=False` keeps the LSTM off cuDNN's
+    kernel (for XLA).
     """
     _check_choice("model", name, MODELS)
     if name == "mlp":
@@ -145,4 +146,4 @@ def build(name: str, activation: str = "relu", pooling: str = "max",
         return cnn(activation=activation, pooling=pooling, batch_norm=batch_norm,
                    average_mirrors=average_mirrors, fused_batch_norm=fast_paths)
     return lstm(average_mirrors=average_mirrors, slices=lstm_slices if fast_paths else 1,
-                fused_kernels=fused_lstm_kernels)
+                fused_chain=lstm_fused_chain, cudnn=cudnn)

@@ -50,7 +50,7 @@ def test_the_gpu_trace_finds_cudnn_where_xla_cannot_compile_it(monkeypatch, tmp_
     built = configurations.gpu_trace(config, tpu)
     assert (built["cudnn_lstm"], built["problems"]) == (False, [])
     build_model = experiment.build_model
-    monkeypatch.setattr(experiment, "build_model", lambda config, fast_paths, slices, jit:
+    monkeypatch.setattr(experiment, "build_model", lambda config, fast_paths, slices, jit, fused:
                         build_model(config, fast_paths, slices))  # As before the fix.
     unfixed = configurations.gpu_trace(config, tpu)
     assert unfixed["cudnn_lstm"]

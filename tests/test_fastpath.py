@@ -67,9 +67,10 @@ def test_fused_optimizers_update_as_keras_does(keras_class, fused_class, kwargs)
                                atol=RTOL * np.max(np.abs(expected)))
 
 
-def test_lstm_run_as_batch_slices_computes_what_one_keras_lstm_computes():
+@pytest.mark.parametrize("fused", [True, False])
+def test_lstm_run_as_batch_slices_computes_what_one_keras_lstm_computes(fused):
     keras.utils.set_random_seed(0)
-    sliced = fastpath.BatchParallelLSTM(16, slices=2)
+    sliced = fastpath.BatchParallelLSTM(16, slices=2, fused=fused)
     plain = keras.layers.LSTM(16)
     sequences = np.random.default_rng(2).normal(size=(9, 5, 3)).astype(np.float32)
     initial_state = np.random.default_rng(3).normal(size=(2, 9, 16)).astype(np.float32)
@@ -98,7 +99,8 @@ def test_lstm_run_as_batch_slices_computes_what_one_keras_lstm_computes():
     for batch in (9, 1):
         np.testing.assert_allclose(unknown_batch(batch), plain(sequences[:batch]), rtol=1e-5,
                                    atol=1e-6)
-    assert fastpath.BatchParallelLSTM.from_config(sliced.get_config()).slices == 2
+    copy = fastpath.BatchParallelLSTM.from_config(sliced.get_config())
+    assert (copy.slices, copy.fused) == (2, fused)
 
 
 def op_types(function: tf.types.experimental.ConcreteFunction) -> collections.Counter:
@@ -110,9 +112,11 @@ def op_types(function: tf.types.experimental.ConcreteFunction) -> collections.Co
     return ops
 
 
-def _traced_training_step(model_name, fast_paths, lstm_slices=2, loss_scaling=False):
+def _traced_training_step(model_name, fast_paths, lstm_slices=2, loss_scaling=False,
+                          lstm_fused_chain=False):
     config = TrainConfig(model=model_name, dataset="fashion_mnist").resolved()
-    model = experiment.build_model(config, fast_paths, lstm_slices)
+    model = experiment.build_model(config, fast_paths, lstm_slices,
+                                   lstm_fused_chain=lstm_fused_chain)
     optimizer = objectives.make_optimizer("adam", 1e-3, 10, loss_scaling=loss_scaling,
                                           fused=fast_paths)
     optimizer.build(model.trainable_variables)
@@ -146,19 +150,21 @@ def test_the_fused_kernels_are_in_the_traced_training_step(loss_scaling):
     assert stock["ResourceApplyAdam"] == 0 and stock["FusedBatchNormV3"] == 0
 
 
-def test_the_lstm_runs_one_fused_loop_per_batch_slice():
+def test_the_lstm_runs_one_loop_per_batch_slice_fused_where_chosen():
     def loops(ops):
         return ops["While"] + ops["StatelessWhile"]
-    fast = _traced_training_step("lstm", fast_paths=True, lstm_slices=2)
-    stock = _traced_training_step("lstm", fast_paths=False)
-    # Forward and backward, each once per slice; the backward steps in the fused kernel.
-    assert loops(fast) == 2 * loops(stock)
-    assert fast["LSTMBlockCellGrad"] == 2 and stock["LSTMBlockCellGrad"] == 0
+    fused = _traced_training_step("lstm", fast_paths=True, lstm_slices=2, lstm_fused_chain=True)
+    sliced = _traced_training_step("lstm", fast_paths=True, lstm_slices=2)
+    stock = _traced_training_step("lstm", fast_paths=False, lstm_fused_chain=True)
+    # Forward and backward, each once per slice; a fused chain's backward steps in one kernel.
+    assert loops(fused) == loops(sliced) == 2 * loops(stock)
+    assert [ops["LSTMBlockCellGrad"] for ops in (fused, sliced, stock)] == [2, 0, 0]
 
 
 def test_the_lstm_in_batch_slices_trains_under_xla():
     config = TrainConfig(model="lstm", dataset="fashion_mnist").resolved()
-    model = experiment.build_model(config, fast_paths=True, lstm_slices=2, jit_compile=True)
+    model = experiment.build_model(config, fast_paths=True, lstm_slices=2, jit_compile=True,
+                                   lstm_fused_chain=True)
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)), tf.uint8)
 
     @tf.function(jit_compile=True)
@@ -199,10 +205,16 @@ def test_a_broken_internal_means_stock_keras_and_one_logged_line(monkeypatch, ca
     assert [r.getMessage() for r in caplog.records if "Fast paths off" in r.getMessage()]
 
 
+def test_a_tensorflow_without_the_lstm_block_kernel_means_stock_keras(monkeypatch):
+    monkeypatch.delattr(tf.raw_ops, "LSTMBlockCellGrad")  # As if a release dropped the op.
+    reason = fastpath.unavailable_reason.__wrapped__()
+    assert reason and "LSTMBlockCellGrad" in reason
+
+
 @pytest.mark.parametrize("model_name", ["cnn", "lstm"])
 def test_an_export_holds_stock_keras_only(model_name):
     config = TrainConfig(model=model_name, dataset="fashion_mnist").resolved()
-    fast = experiment.build_model(config, fast_paths=True, lstm_slices=2)
+    fast = experiment.build_model(config, fast_paths=True, lstm_slices=2, lstm_fused_chain=True)
     assert {type(layer).__module__.split(".")[0] for layer in fast.layers} >= {"keras_tutorial"}
     copy = export.serving_copy(fast)
     assert {type(layer).__module__.split(".")[0] for layer in copy.layers
