@@ -436,7 +436,7 @@ def measure_model_worker(settings: Settings) -> dict:
 
 def model_in_subprocess(name: str, settings: Settings, train_only: bool = False) -> dict:
     """Every raw measurement of one model (or its training only), taken in a fresh process:
-    threads per op are set per model (`distribute.INTRA_OP_THREADS_ON_CPU`) and only before
+    threads per op are set per model (`distribute.choose`) and only before
     TensorFlow starts."""
     ks = list(dict.fromkeys(k for k, _ in settings.variants))
     jits = list(dict.fromkeys(str(j).lower() for _, j in settings.variants))
