@@ -86,9 +86,10 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
 
     The fast paths (fastpath.py) and the LSTM's batch slices were measured to pay on CPUs
     only, so accelerators run stock Keras; the slices need the cores of a CPU even when the
-    fast paths are asked for elsewhere, and their fused chains one thread per op. XLA has no deterministic gradient of max pooling
-    ("GPU MaxPool gradient ops do not yet have a deterministic XLA implementation", raised on
-    CPUs too), so a deterministic CNN that pools so runs without it.
+    fast paths are asked for elsewhere, and their fused chains one thread per op. XLA has no
+    deterministic gradient of max pooling ("GPU MaxPool gradient ops do not yet have a
+    deterministic XLA implementation", raised on CPUs too), so a deterministic CNN that pools
+    so runs without it.
     """
     name = choose_strategy_name(strategy, devices.workers, devices.gpus, devices.tpu)
     if devices.workers > 1 and name != "multi_worker":
