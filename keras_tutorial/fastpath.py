@@ -7,10 +7,9 @@
   a CPU's cores work side by side, each chain in `fused_lstm_chain`'s fewer and larger ops.
 
 All give the same results as stock Keras up to float rounding. They use private attributes
-(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`) and raw TensorFlow ops
-(`LSTMBlockCellGrad`), so `unavailable_reason`
-tries them once; where a Keras release breaks them, training falls back to stock Keras with one
-logged line instead of failing. `distribute.choose` decides where they are on (CPUs only:
+(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`) and a raw TensorFlow op
+(`LSTMBlockCellGrad`), so `unavailable_reason` tries them once; where a release breaks them,
+training falls back to stock Keras with one logged line instead of failing. `distribute.choose` decides where they are on (CPUs only:
 benchmarks/README.md has the measurements).
 """
 
@@ -216,18 +215,20 @@ class BatchParallelLSTM(keras.layers.LSTM):
         sizes = bounds[1:] - bounds[:-1]
         parts = zip(tf.split(sequences, sizes, num=self.slices),
                     *(tf.split(state, sizes, num=self.slices) for state in initial_state))
-        if self._fused_chain():
-            cell = self.cell
-            states = [fused_lstm_chain(part, tf.convert_to_tensor(cell.kernel),
-                                       tf.convert_to_tensor(cell.recurrent_kernel),
-                                       tf.convert_to_tensor(cell.bias), h0, c0)
-                      for part, h0, c0 in parts]
-            h, c = (tf.concat(pieces, axis=0) for pieces in zip(*states))
-            return h, h[:, None, :], (h, c)
-        results = [super(BatchParallelLSTM, self).inner_loop(part, list(states), None,
+        fused = self._fused_chain()
+        results = [self._fused_loop(part, states) if fused else
+                   super(BatchParallelLSTM, self).inner_loop(part, list(states), None,
                                                              training=training)
                    for part, *states in parts]
         return tf.nest.map_structure(lambda *pieces: tf.concat(pieces, axis=0), *results)
+
+    def _fused_loop(self, sequences, initial_state):
+        """`fused_lstm_chain` over one slice, returned as Keras's loop returns it."""
+        cell = self.cell
+        h, c = fused_lstm_chain(sequences, tf.convert_to_tensor(cell.kernel),
+                                tf.convert_to_tensor(cell.recurrent_kernel),
+                                tf.convert_to_tensor(cell.bias), *initial_state)
+        return h, h[:, None, :], (h, c)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "slices": self.slices, "fused": self.fused}
@@ -241,10 +242,10 @@ def unavailable_reason() -> str | None:
         for optimizer in (FusedAdam(0.1), FusedSGD(0.1, momentum=0.9)):
             optimizer.apply_gradients([(tf.ones((2,)), variable)])
         FusedBatchNormalization()(tf.ones((2, 2, 2, 1)), training=True)
-        lstm = BatchParallelLSTM(2, slices=2, fused=True)
-        with tf.GradientTape() as tape:
-            outputs = lstm(tf.ones((2, 3, 1)), training=True)
-        tape.gradient(outputs, lstm.trainable_variables)
+        BatchParallelLSTM(2, slices=2, fused=True)(tf.ones((2, 3, 1)))
+        # The fused chain's backward. Looked up, not run: running a gradient here cost every
+        # start 50-60 ms, and a released op keeps its inputs and attributes.
+        _ = tf.raw_ops.LSTMBlockCellGrad
     except Exception as e:  # Whatever a changed internal raises, stock Keras still works.
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return None
