@@ -302,7 +302,8 @@ def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs:
                                    epochs=epochs, global_batch_size=settings.batch_size,
                                    seed=settings.seed, backup_dir=backup_dir,
                                    steps_per_execution=steps_per_execution,
-                                   jit_compile=jit_compile, verbose=False))
+                                   jit_compile=jit_compile,
+                                   step_slices=choices.step_slices, verbose=False))
         records = trainer.train(lambda record: None)
     return ([r.steps * settings.batch_size / r.seconds for r in records], model,
             trainer.trace_seconds)

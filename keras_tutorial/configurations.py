@@ -214,7 +214,8 @@ def gpu_trace(config: TrainConfig, choices: distribute.Choices) -> dict:
         trainer = loop.Trainer(tf.distribute.get_strategy(), model, optimizer,
                                objectives.make_loss(config.loss), pipelines, loop.LoopConfig(
                                    epochs=1, global_batch_size=BATCH_SIZE, seed=config.seed,
-                                   backup_dir=backup_dir, jit_compile=choices.jit_compile))
+                                   backup_dir=backup_dir, jit_compile=choices.jit_compile,
+                                   step_slices=choices.step_slices))
         step, gradients = trainer.traced_step(
             tf.TensorSpec((BATCH_SIZE,) + data.IMAGE_SHAPE, tf.uint8),
             tf.TensorSpec([BATCH_SIZE], tf.int32))

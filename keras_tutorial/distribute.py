@@ -68,6 +68,7 @@ class Choices:
     fast_paths: bool
     lstm_slices: int
     lstm_fused_chain: bool
+    step_slices: int
 
 
 def _cpu_threads_per_op(model: str, devices: Devices, lstm_slices: int) -> int:
@@ -84,12 +85,13 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
            pooling: str = "max") -> Choices:
     """Resolves every `auto` for `model` on `devices`: a pure function of its arguments.
 
-    The fast paths (fastpath.py) and the LSTM's batch slices were measured to pay on CPUs
-    only, so accelerators run stock Keras; the slices need the cores of a CPU even when the
-    fast paths are asked for elsewhere, and their fused chains one thread per op. XLA has no
-    deterministic gradient of max pooling ("GPU MaxPool gradient ops do not yet have a
-    deterministic XLA implementation", raised on CPUs too), so a deterministic CNN that pools
-    so runs without it.
+    The fast paths (fastpath.py) and the batch slices were measured to pay on CPUs only, so
+    accelerators run stock Keras; the slices need the cores of a CPU even when the fast paths
+    are asked for elsewhere, and the LSTM's fused chains and the MLP's slices one thread per
+    op. The LSTM slices its batch inside its layer (`lstm_slices`), the MLP in the training
+    step (`step_slices`, `loop.LoopConfig`). XLA has no deterministic gradient of max pooling
+    ("GPU MaxPool gradient ops do not yet have a deterministic XLA implementation", raised on
+    CPUs too), so a deterministic CNN that pools so runs without it.
     """
     name = choose_strategy_name(strategy, devices.workers, devices.gpus, devices.tpu)
     if devices.workers > 1 and name != "multi_worker":
@@ -107,9 +109,9 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
     if jit_compile == "true" and xla_nondeterministic:
         raise UserError("--deterministic with --jit_compile=true: XLA has no deterministic "
                         "gradient of max pooling; use --jit_compile=false or --pooling=average")
-    lstm_slices = 2 if fast and on_cpu and devices.cpu_cores > 1 else 1
+    slices = 2 if fast and on_cpu and devices.cpu_cores > 1 else 1
     threads = (intra_op_threads if intra_op_threads is not None else 0 if accelerated
-               else _cpu_threads_per_op(model, devices, lstm_slices))
+               else _cpu_threads_per_op(model, devices, slices))
     return Choices(
         strategy=name,
         device_kind=kind,
@@ -118,10 +120,12 @@ def choose(devices: Devices, model: str, strategy: str = "auto", precision: str 
                      if jit_compile == "auto" else jit_compile == "true"),
         intra_op_threads=threads,
         fast_paths=fast,
-        lstm_slices=lstm_slices,
-        # Measured to pay with one thread per op only (1.07-1.17x, against 0.94-0.95x with
-        # two), where each slice's chain keeps a core (benchmarks/README.md).
-        lstm_fused_chain=model == "lstm" and lstm_slices > 1 and threads == 1)
+        lstm_slices=slices,
+        # Both measured with one thread per op, where each slice keeps a core: the fused
+        # chains paid only there (1.07-1.17x, against 0.94-0.95x with two threads per op), and
+        # the MLP's slices 1.16-1.20x (benchmarks/README.md).
+        lstm_fused_chain=model == "lstm" and slices > 1 and threads == 1,
+        step_slices=slices if model == "mlp" and threads == 1 else 1)
 
 
 def detect_devices(num_workers: int = 1) -> Devices:

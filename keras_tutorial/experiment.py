@@ -98,8 +98,8 @@ def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelin
         epochs=config.epochs, global_batch_size=config.batch_size, seed=config.seed,
         backup_dir=backup_dir, steps_per_execution=config.steps_per_execution,
         backup_every_steps=config.backup_every_steps, jit_compile=runtime.choices.jit_compile,
-        num_workers=cluster.num_workers, task_index=cluster.task_index,
-        verbose=config.verbose and cluster.is_chief)
+        step_slices=runtime.choices.step_slices, num_workers=cluster.num_workers,
+        task_index=cluster.task_index, verbose=config.verbose and cluster.is_chief)
     trainer = loop.Trainer(runtime.strategy, model, optimizer, objectives.make_loss(config.loss),
                            pipelines, loop_config)
     choices = runtime.choices

@@ -81,8 +81,9 @@ def define_flags() -> None:
                       "training step; auto: on GPUs (not the LSTM, which keeps cuDNN) and TPUs, "
                       "never on CPUs, as measured.")
     flags.DEFINE_enum("fast_paths", d.fast_paths, distribute.FAST_PATH_CHOICES, "Fused "
-                      "optimizer and batch-norm kernels, and the LSTM's batch slices "
-                      "(fastpath.py); auto: on CPUs only, where they were measured to pay.")
+                      "optimizer and batch-norm kernels, and the LSTM's and MLP's batch slices "
+                      "(fastpath.py, loop.py); auto: on CPUs only, where they were measured to "
+                      "pay.")
     flags.DEFINE_integer("steps_per_execution", d.steps_per_execution, "Training steps per call "
                          f"into TensorFlow (default: {_per_model('steps_per_execution')}).",
                          lower_bound=1)

@@ -36,27 +36,29 @@ GPUS, TPU = (distribute.Devices(gpus=4, compute_capability=(9, 0), cpu_cores=32)
 
 # What each machine gets with every flag at `auto`, as docs/scale.md and `--help` say:
 # (strategy, device kind, precision, XLA, threads per op, fast paths, LSTM slices, fused
-# LSTM chains).
+# LSTM chains, step slices).
 @pytest.mark.parametrize("devices, model, expected", [
-    (CPU, "mlp", ("default", "cpu", "float32", False, 0, True, 2, False)),
-    (INTEL, "mlp", ("default", "cpu", "float32", False, 1, True, 2, False)),
-    (AMD, "mlp", ("default", "cpu", "float32", False, 0, True, 2, False)),
-    (INTEL, "cnn", ("default", "cpu", "float32", False, 0, True, 2, False)),
-    (CPU, "cnn", ("default", "cpu", "float32", False, 0, True, 2, False)),
-    (CPU, "lstm", ("default", "cpu", "float32", False, 0, True, 2, False)),
-    (INTEL, "lstm", ("default", "cpu", "float32", False, 1, True, 2, True)),
-    (AMD, "lstm", ("default", "cpu", "float32", False, 0, True, 2, False)),
+    (CPU, "mlp", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
+    (INTEL, "mlp", ("default", "cpu", "float32", False, 1, True, 2, False, 2)),
+    (AMD, "mlp", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
+    (INTEL, "cnn", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
+    (CPU, "cnn", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
+    (CPU, "lstm", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
+    (INTEL, "lstm", ("default", "cpu", "float32", False, 1, True, 2, True, 1)),
+    (AMD, "lstm", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
     (distribute.Devices(cpu_cores=8, cpu_vendor="GenuineIntel"), "lstm",
-     ("default", "cpu", "float32", False, 0, True, 2, False)),
+     ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
     (distribute.Devices(cpu_cores=1), "lstm",
-     ("default", "cpu", "float32", False, 0, True, 1, False)),
-    (GPU_AMPERE, "mlp", ("one_device", "gpu", "mixed_bfloat16", True, 0, False, 1, False)),
-    (GPU_AMPERE, "lstm", ("one_device", "gpu", "mixed_bfloat16", False, 0, False, 1, False)),
-    (GPU_VOLTA, "cnn", ("one_device", "gpu", "mixed_float16", True, 0, False, 1, False)),
-    (GPUS, "cnn", ("mirrored", "gpu", "mixed_bfloat16", True, 0, False, 1, False)),
-    (TPU, "lstm", ("tpu", "tpu", "mixed_bfloat16", True, 0, False, 1, False)),
+     ("default", "cpu", "float32", False, 0, True, 1, False, 1)),
+    (distribute.Devices(cpu_cores=1, cpu_vendor="GenuineIntel"), "mlp",
+     ("default", "cpu", "float32", False, 1, True, 1, False, 1)),
+    (GPU_AMPERE, "mlp", ("one_device", "gpu", "mixed_bfloat16", True, 0, False, 1, False, 1)),
+    (GPU_AMPERE, "lstm", ("one_device", "gpu", "mixed_bfloat16", False, 0, False, 1, False, 1)),
+    (GPU_VOLTA, "cnn", ("one_device", "gpu", "mixed_float16", True, 0, False, 1, False, 1)),
+    (GPUS, "cnn", ("mirrored", "gpu", "mixed_bfloat16", True, 0, False, 1, False, 1)),
+    (TPU, "lstm", ("tpu", "tpu", "mixed_bfloat16", True, 0, False, 1, False, 1)),
     (distribute.Devices(workers=2, cpu_cores=2, cpu_vendor="GenuineIntel"), "mlp",
-     ("multi_worker", "cpu", "float32", False, 1, True, 2, False)),
+     ("multi_worker", "cpu", "float32", False, 1, True, 2, False, 2)),
 ])
 def test_auto_chooses_per_machine_as_documented(devices, model, expected):
     assert dataclasses.astuple(distribute.choose(devices, model)) == expected
@@ -82,9 +84,11 @@ def test_explicit_choices_override_auto():
 
 def test_fast_paths_can_be_forced_either_way():
     assert dataclasses.astuple(distribute.choose(INTEL, "lstm", fast_paths="false"))[5:] == \
-        (False, 1, False)
+        (False, 1, False, 1)
+    assert dataclasses.astuple(distribute.choose(INTEL, "mlp", fast_paths="false"))[5:] == \
+        (False, 1, False, 1)
     assert dataclasses.astuple(distribute.choose(GPU_AMPERE, "cnn", fast_paths="true"))[5:] == \
-        (True, 1, False)
+        (True, 1, False, 1)
     # The LSTM's batch slices are for a CPU's cores, not a GPU's.
     assert distribute.choose(GPU_AMPERE, "lstm", fast_paths="true").lstm_slices == 1
 

@@ -10,6 +10,7 @@ import threading
 import time
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -151,3 +152,38 @@ def test_a_backup_of_an_earlier_release_without_the_step_counter_resumes(tmp_pat
     resumed = trainer(tmp_path / "backup")
     assert resumed.restore() == earlier.step == 3
     assert resumed.weights_digest() == earlier.weights_digest()
+
+
+def _trainer_with_slices(tmp_path, step_slices: int) -> loop.Trainer:
+    pipelines = data.make_pipelines(data.synthetic_arrays(330, 10, seed=0), 33, 0, 0)
+    keras.utils.set_random_seed(0)
+    return loop.Trainer(tf.distribute.get_strategy(), models.build("mlp"),
+                        objectives.make_optimizer("adam", 1e-3, 10),
+                        objectives.make_loss("cross_entropy"), pipelines,
+                        loop.LoopConfig(epochs=1, global_batch_size=33, seed=0,
+                                        backup_dir=str(tmp_path / str(step_slices)),
+                                        step_slices=step_slices, verbose=False))
+
+
+def test_step_slices_train_the_model_as_the_whole_batch_does(tmp_path):
+    """The MLP's batch slices (distribute.Choices.step_slices) change where the work runs, not
+    what it computes: same losses and weights, batches that do not split evenly included."""
+    whole, sliced = (_trainer_with_slices(tmp_path, slices) for slices in (1, 2))
+    whole_records = whole.train(lambda record: None)
+    sliced_records = sliced.train(lambda record: None)
+    assert sliced_records[0].loss == pytest.approx(whole_records[0].loss, rel=1e-5)
+    assert sliced_records[0].accuracy == whole_records[0].accuracy
+    for a, b in zip(whole.model.weights, sliced.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_each_step_slice_runs_the_model_on_its_own(tmp_path):
+    def matmuls(trainer):
+        _, gradients = trainer.traced_step(tf.TensorSpec([33, 28, 28, 1], tf.uint8),
+                                           tf.TensorSpec([33], tf.int32))
+        ops = gradients.graph.as_graph_def().node
+        return sum(node.op == "MatMul" for node in ops)
+
+    # Two layers: forward, and the backward of the weights and of the hidden layer's input.
+    assert matmuls(_trainer_with_slices(tmp_path, 2)) == 2 * matmuls(
+        _trainer_with_slices(tmp_path, 1)) == 2 * 5
