@@ -285,7 +285,7 @@ def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs:
     model; and the seconds spent tracing the training step before the first epoch."""
     config = train_config(name, settings)
     choices = machine_choices(name)
-    fast_paths = fastpath.usable(choices.fast_paths)
+    fast_paths = fastpath.usable(choices.fast_paths, name)
     steps_per_execution = steps_per_execution or config.steps_per_execution
     if jit_compile is None:
         jit_compile = choices.jit_compile

@@ -53,7 +53,7 @@ def set_up_runtime(config: TrainConfig, cluster: distribute.Cluster) -> Runtime:
     distribute.split_cpu(config.cpu_replicas)
     strategy = distribute.make_strategy(choices.strategy, devices)
     distribute.set_precision(choices.precision)
-    fast_paths = fastpath.usable(choices.fast_paths)
+    fast_paths = fastpath.usable(choices.fast_paths, config.model)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)

@@ -8,9 +8,10 @@
 
 All give the same results as stock Keras up to float rounding. They use private attributes
 (`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`) and a raw TensorFlow op
-(`LSTMBlockCellGrad`), so `unavailable_reason` tries them once; where a release breaks them,
-training falls back to stock Keras with one logged line instead of failing. `distribute.choose` decides where they are on (CPUs only:
-benchmarks/README.md has the measurements).
+(`LSTMBlockCellGrad`), so `unavailable_reason` tries a model's once; where a release breaks
+them, training falls back to stock Keras with one logged line instead of failing.
+`distribute.choose` decides where they are on (CPUs only: benchmarks/README.md has the
+measurements).
 """
 
 from __future__ import annotations
@@ -234,28 +235,48 @@ class BatchParallelLSTM(keras.layers.LSTM):
         return {**super().get_config(), "slices": self.slices, "fused": self.fused}
 
 
+def _try_optimizers() -> None:
+    variable = keras.Variable(np.zeros((2,), np.float32))
+    for optimizer in (FusedAdam(0.1), FusedSGD(0.1, momentum=0.9)):
+        optimizer.apply_gradients([(tf.ones((2,)), variable)])
+
+
+def _try_batch_norm() -> None:
+    FusedBatchNormalization()(tf.ones((2, 2, 2, 1)), training=True)
+
+
+def _try_lstm() -> None:
+    BatchParallelLSTM(2, slices=2, fused=True)(tf.ones((2, 3, 1)))
+    # The fused chain's backward. Looked up, not run: running a gradient here cost every
+    # start 50-60 ms, and a released op keeps its inputs and attributes.
+    _ = tf.raw_ops.LSTMBlockCellGrad
+
+
+# The fast paths each model trains with. A run tries only its own: the LSTM's try alone is
+# 0.1 s of every start on a 2-core CPU.
+_TRIES = {"mlp": (_try_optimizers,), "cnn": (_try_optimizers, _try_batch_norm),
+          "lstm": (_try_optimizers, _try_lstm)}
+
+
 @functools.cache
-def unavailable_reason() -> str | None:
-    """Why the fast paths fail with this Keras and TensorFlow, or None when they work."""
+def unavailable_reason(model: str | None = None) -> str | None:
+    """Why the fast paths of `model` (of every model, for None) fail with this Keras and
+    TensorFlow, or None when they work."""
+    tries = _TRIES[model] if model else (_try_optimizers, _try_batch_norm, _try_lstm)
     try:
-        variable = keras.Variable(np.zeros((2,), np.float32))
-        for optimizer in (FusedAdam(0.1), FusedSGD(0.1, momentum=0.9)):
-            optimizer.apply_gradients([(tf.ones((2,)), variable)])
-        FusedBatchNormalization()(tf.ones((2, 2, 2, 1)), training=True)
-        BatchParallelLSTM(2, slices=2, fused=True)(tf.ones((2, 3, 1)))
-        # The fused chain's backward. Looked up, not run: running a gradient here cost every
-        # start 50-60 ms, and a released op keeps its inputs and attributes.
-        _ = tf.raw_ops.LSTMBlockCellGrad
+        for attempt in tries:
+            attempt()
     except Exception as e:  # Whatever a changed internal raises, stock Keras still works.
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return None
 
 
-def usable(wanted: bool) -> bool:
-    """Whether to use the fast paths: wanted here and working with this Keras (else one line)."""
+def usable(wanted: bool, model: str | None = None) -> bool:
+    """Whether to use `model`'s fast paths: wanted here and working with this Keras (else one
+    line)."""
     if not wanted:
         return False
-    reason = unavailable_reason()
+    reason = unavailable_reason(model)
     if reason:
         logging.warning("Fast paths off, stock Keras instead: they fail with Keras %s (%s)",
                         keras.__version__, reason)

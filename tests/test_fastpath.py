@@ -200,15 +200,19 @@ def test_a_broken_internal_means_stock_keras_and_one_logged_line(monkeypatch, ca
     monkeypatch.delattr(owner, "_get_variable_index")  # As if a Keras release renamed it.
     reason = fastpath.unavailable_reason.__wrapped__()
     assert reason and "_get_variable_index" in reason
-    monkeypatch.setattr(fastpath, "unavailable_reason", lambda: reason)
+    monkeypatch.setattr(fastpath, "unavailable_reason", lambda model=None: reason)
     assert fastpath.usable(True) is False
     assert [r.getMessage() for r in caplog.records if "Fast paths off" in r.getMessage()]
 
 
-def test_a_tensorflow_without_the_lstm_block_kernel_means_stock_keras(monkeypatch):
+def test_a_tensorflow_without_the_lstm_block_kernel_means_a_stock_lstm(monkeypatch):
     monkeypatch.delattr(tf.raw_ops, "LSTMBlockCellGrad")  # As if a release dropped the op.
-    reason = fastpath.unavailable_reason.__wrapped__()
-    assert reason and "LSTMBlockCellGrad" in reason
+    for model in ("lstm", None):
+        reason = fastpath.unavailable_reason.__wrapped__(model)
+        assert reason and "LSTMBlockCellGrad" in reason
+    # The other models do not use it and keep their fast paths.
+    assert fastpath.unavailable_reason.__wrapped__("mlp") is None
+    assert fastpath.unavailable_reason.__wrapped__("cnn") is None
 
 
 @pytest.mark.parametrize("model_name", ["cnn", "lstm"])
