@@ -102,37 +102,29 @@ def fused_lstm_chain(sequences: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: 
     gate's tanh(z) is computed as 2 sigmoid(2z) - 1, its weights doubled), then the new state.
     Backward, TensorFlow's `LSTMBlockCellGrad` kernel does a step's elementwise work in one op,
     and the weights' gradients are one matmul over all steps after the loop instead of one
-    small matmul per step.
+    small matmul per step. The steps are unrolled (the time dimension must be static): a
+    `while_loop`'s control ops and saved-tensor lists cost more than a step's own dozen ops.
     """
-    units = recurrent_kernel.shape[0]
+    units, steps = recurrent_kernel.shape[0], sequences.shape[1]
+    if steps is None:
+        raise ValueError(f"the fused LSTM chain needs a static number of time steps, got "
+                         f"sequences of shape {sequences.shape}")
     gate_scale = tf.constant(np.repeat([1.0, 1.0, 2.0, 1.0], units), kernel.dtype)
 
     @tf.custom_gradient
     def chain(sequences, kernel, recurrent_kernel, bias, h0, c0):
-        steps = tf.shape(sequences)[1]
-        inputs = tf.TensorArray(sequences.dtype, size=steps, clear_after_read=False).unstack(
-            tf.transpose(sequences, [1, 0, 2]))
         weights = tf.concat([kernel, recurrent_kernel], axis=0)
         scaled_weights, scaled_bias = weights * gate_scale, bias * gate_scale
-
-        def per_step(size=steps):
-            return tf.TensorArray(sequences.dtype, size=size, clear_after_read=False)
-
-        def forward(t, h, c, i_s, f_s, g_s, o_s, c_s, tanh_c_s, xh_s):
-            xh = tf.concat([inputs.read(t), h], axis=1)
+        h, c, saved = h0, c0, []
+        for x in tf.unstack(sequences, axis=1):
+            xh = tf.concat([x, h], axis=1)
             gates = tf.sigmoid(tf.nn.bias_add(tf.matmul(xh, scaled_weights), scaled_bias))
             i, f, g, o = tf.split(gates, 4, axis=1)
             g = 2 * g - 1
-            c_next = f * c + i * g
-            tanh_c = tf.tanh(c_next)
-            return (t + 1, o * tanh_c, c_next, i_s.write(t, i), f_s.write(t, f),
-                    g_s.write(t, g), o_s.write(t, o), c_s.write(t + 1, c_next),
-                    tanh_c_s.write(t, tanh_c), xh_s.write(t, xh))
-
-        _, h, c, i_s, f_s, g_s, o_s, c_s, tanh_c_s, xh_s = tf.while_loop(
-            lambda t, *_: t < steps, forward,
-            (0, h0, c0, per_step(), per_step(), per_step(), per_step(),
-             per_step(steps + 1).write(0, c0), per_step(), per_step()))
+            c_prev, c = c, f * c + i * g
+            tanh_c = tf.tanh(c)
+            h = o * tanh_c
+            saved.append((x, xh, c_prev, i, f, g, o, c, tanh_c))
 
         def gradient(dh, dc):
             dh = tf.zeros_like(h) if dh is None else dh
@@ -140,28 +132,23 @@ def fused_lstm_chain(sequences: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: 
             weights_icfo = _icfo(weights)
             recurrent_icfo_t = tf.transpose(weights_icfo[-units:])
             no_peephole = tf.zeros([units], weights.dtype)
-
-            def backward(k, dh, dc, dz_s):
-                t = steps - 1 - k
+            step_dz = []
+            for x, _, c_prev, i, f, g, o, c_next, tanh_c in reversed(saved):
                 # The kernel's arithmetic reads none of x, h_prev, w and b: shapes only.
-                dc_prev, dz, *_ = tf.raw_ops.LSTMBlockCellGrad(
-                    x=inputs.read(t), cs_prev=c_s.read(t), h_prev=dh, w=weights_icfo,
-                    wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=bias,
-                    i=i_s.read(t), cs=c_s.read(t + 1), f=f_s.read(t), o=o_s.read(t),
-                    ci=g_s.read(t), co=tanh_c_s.read(t), cs_grad=dc, h_grad=dh,
-                    use_peephole=False)
-                return k + 1, tf.matmul(dz, recurrent_icfo_t), dc_prev, dz_s.write(t, dz)
-
-            _, dh0, dc0, dz_s = tf.while_loop(lambda k, *_: k < steps, backward,
-                                              (0, dh, dc, per_step()))
-            dz = tf.reshape(dz_s.stack(), [-1, 4 * units])
-            xh = tf.reshape(xh_s.stack(), [-1, weights.shape[0]])
+                dc, dz, *_ = tf.raw_ops.LSTMBlockCellGrad(
+                    x=x, cs_prev=c_prev, h_prev=dh, w=weights_icfo, wci=no_peephole,
+                    wcf=no_peephole, wco=no_peephole, b=bias, i=i, cs=c_next, f=f, o=o, ci=g,
+                    co=tanh_c, cs_grad=dc, h_grad=dh, use_peephole=False)
+                dh = tf.matmul(dz, recurrent_icfo_t)
+                step_dz.append(dz)
+            dz = tf.concat(step_dz[::-1], axis=0)
+            xh = tf.concat([step[1] for step in saved], axis=0)
             d_weights = _ifco(tf.matmul(xh, dz, transpose_a=True))
             d_bias = _ifco(tf.matmul(tf.ones([1, tf.shape(dz)[0]], dz.dtype), dz)[0])
             d_inputs = tf.reshape(tf.matmul(dz, weights_icfo[:-units], transpose_b=True),
                                   [steps, -1, kernel.shape[0]])
             return (tf.transpose(d_inputs, [1, 0, 2]), d_weights[:-units], d_weights[-units:],
-                    d_bias, dh0, dc0)
+                    d_bias, dh, dc)
 
         return (h, c), gradient
 
@@ -187,11 +174,12 @@ class BatchParallelLSTM(keras.layers.LSTM):
         return (self.slices > 1 and mask is None and not self.stateful and not self.dropout
                 and not self.recurrent_dropout)
 
-    def _fused_chain(self) -> bool:
-        """Whether each slice runs `fused_lstm_chain`: asked for, Keras's default cell, and
-        the last output only."""
+    def _fused_chain(self, sequences: tf.Tensor) -> bool:
+        """Whether each slice runs `fused_lstm_chain`: asked for, Keras's default cell, the
+        last output only, and a static number of steps."""
         cell = self.cell
-        return (self.fused and cell.activation is keras.activations.tanh and cell.use_bias
+        return (self.fused and sequences.shape[1] is not None
+                and cell.activation is keras.activations.tanh and cell.use_bias
                 and cell.recurrent_activation is keras.activations.sigmoid
                 and not (self.return_sequences or self.go_backwards or self.unroll)
                 and self.compute_dtype == "float32")
@@ -216,7 +204,7 @@ class BatchParallelLSTM(keras.layers.LSTM):
         sizes = bounds[1:] - bounds[:-1]
         parts = zip(tf.split(sequences, sizes, num=self.slices),
                     *(tf.split(state, sizes, num=self.slices) for state in initial_state))
-        fused = self._fused_chain()
+        fused = self._fused_chain(sequences)
         results = [self._fused_loop(part, states) if fused else
                    super(BatchParallelLSTM, self).inner_loop(part, list(states), None,
                                                              training=training)
