@@ -101,7 +101,7 @@ def fused_lstm_chain(sequences: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: 
     Forward, a step is one matmul, bias and sigmoid, which oneDNN runs as one op (the cell
     gate's tanh(z) is computed as 2 sigmoid(2z) - 1, its weights doubled), then the new state.
     Backward, TensorFlow's `LSTMBlockCellGrad` kernel does a step's elementwise work in one op,
-    and the weights' gradients are one matmul over all steps after the loop instead of one
+    and the weights' gradients are one matmul over all steps after the last instead of one
     small matmul per step. The steps are unrolled (the time dimension must be static): a
     `while_loop`'s control ops and saved-tensor lists cost more than a step's own dozen ops.
     """
