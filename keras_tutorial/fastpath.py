@@ -155,6 +155,14 @@ def fused_lstm_chain(sequences: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: 
     return chain(sequences, kernel, recurrent_kernel, bias, h0, c0)
 
 
+def split_batch(tensors: list[tf.Tensor], parts: int) -> list[tuple[tf.Tensor, ...]]:
+    """`tensors` that share a batch, cut into `parts` slices of near-equal size in order: one
+    tuple of slices per part. The LSTM's batch slices and the MLP's (`loop`) both cut so."""
+    bounds = tf.range(parts + 1) * tf.shape(tensors[0])[0] // parts
+    sizes = bounds[1:] - bounds[:-1]
+    return list(zip(*(tf.split(tensor, sizes, num=parts) for tensor in tensors)))
+
+
 @keras.saving.register_keras_serializable(package="keras_tutorial")
 class BatchParallelLSTM(keras.layers.LSTM):
     """An LSTM that runs `slices` parts of its batch as independent chains of ops.
@@ -199,16 +207,11 @@ class BatchParallelLSTM(keras.layers.LSTM):
 
     def _sliced_loop(self, sequences, initial_state, training):
         """Each slice's loop, its outputs and states concatenated back in order."""
-        batch = tf.shape(sequences)[0]
-        bounds = tf.range(self.slices + 1) * batch // self.slices
-        sizes = bounds[1:] - bounds[:-1]
-        parts = zip(tf.split(sequences, sizes, num=self.slices),
-                    *(tf.split(state, sizes, num=self.slices) for state in initial_state))
         fused = self._fused_chain(sequences)
         results = [self._fused_loop(part, states) if fused else
                    super(BatchParallelLSTM, self).inner_loop(part, list(states), None,
                                                              training=training)
-                   for part, *states in parts]
+                   for part, *states in split_batch([sequences, *initial_state], self.slices)]
         return tf.nest.map_structure(lambda *pieces: tf.concat(pieces, axis=0), *results)
 
     def _fused_loop(self, sequences, initial_state):

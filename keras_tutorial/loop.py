@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from keras_tutorial.data import Pipelines
 from keras_tutorial.errors import UserError
+from keras_tutorial.fastpath import split_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +161,8 @@ class Trainer:
         slices = self.config.step_slices
         if slices == 1 or self.per_replica_batch_size < slices:
             return self.model(images, training=True)
-        bounds = tf.range(slices + 1) * tf.shape(images)[0] // slices
-        parts = tf.split(images, bounds[1:] - bounds[:-1], num=slices)
-        return tf.concat([self.model(part, training=True) for part in parts], axis=0)
+        return tf.concat([self.model(part, training=True)
+                          for (part,) in split_batch([images], slices)], axis=0)
 
     def _compute_gradients(self, images, labels):
         with tf.GradientTape() as tape:
