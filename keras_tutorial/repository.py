@@ -16,11 +16,13 @@ import threading
 from typing import Any, NamedTuple
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from keras_tutorial import rest
+from keras_tutorial.batching import Batcher
 from keras_tutorial.errors import UserError
 
 INFO_FILE = "export_info.json"  # Written by export.export_model beside the SavedModel.
@@ -95,10 +97,11 @@ def _class_names(path: str) -> list[str] | None:
 
 
 class Repository:
-    """The versions of one model, reloaded from its export directory by `refresh`."""
+    """The versions of one model, reloaded from its export directory by `refresh`, and run
+    (as one batch with concurrent calls, given a `batcher`)."""
 
-    def __init__(self, export_dir: str, name: str):
-        self.export_dir, self.name = export_dir, name
+    def __init__(self, export_dir: str, name: str, batcher: Batcher | None = None):
+        self.export_dir, self.name, self.batcher = export_dir, name, batcher
         self.versions: dict[int, Version] = {}
         self.failed: dict[int, tuple[tuple, str]] = {}  # number -> (directory stamp, error)
         self._lock = threading.Lock()
@@ -140,6 +143,16 @@ class Repository:
         spec = f"Latest({model})" if number is None else f"Specific({model}, {number})"
         raise rest.RestError("NOT_FOUND", f"Servable not found for request: {spec}")
 
+    def run(self, version: Version, signature: str, tensors: dict[str, np.ndarray],
+            ) -> dict[str, np.ndarray]:
+        """Calls a signature of a version on input arrays; TensorFlow's errors as TF Serving
+        reports them."""
+        if self.batcher is None:
+            return _call(version, signature, tensors)
+        key = (version.number, signature, tuple((name, value.shape[1:], value.dtype.str)
+                                                for name, value in sorted(tensors.items())))
+        return self.batcher.call(key, lambda inputs: _call(version, signature, inputs), tensors)
+
     def status(self, model: str, number: int | None) -> dict:
         """TF Serving's GetModelStatusResponse: AVAILABLE versions, END for failed loads."""
         ok = {"error_code": "OK", "error_message": ""}
@@ -167,6 +180,16 @@ class Repository:
         return {"model_spec": {"name": self.name, "signature_name": "",
                                "version": str(version.number)},
                 "metadata": metadata}
+
+
+def _call(version: Version, signature: str, tensors: dict[str, np.ndarray],
+          ) -> dict[str, np.ndarray]:
+    try:
+        outputs = version.loaded.signatures[signature](**{
+            name: tf.constant(value) for name, value in tensors.items()})
+    except tf.errors.OpError as e:
+        raise rest.from_tf_error(e) from None
+    return {name: value.numpy() for name, value in outputs.items()}
 
 
 def _stamp(path: str) -> tuple:

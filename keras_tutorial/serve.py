@@ -30,7 +30,6 @@ import socket
 import threading
 
 from absl import flags, logging
-import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -42,12 +41,10 @@ from keras_tutorial import cli
 
 cli.import_tensorflow()  # Before any module that imports TensorFlow.
 
-import tensorflow as tf  # noqa: E402
-
 from keras_tutorial import rest  # noqa: E402
 from keras_tutorial.batching import Batcher  # noqa: E402
 from keras_tutorial.errors import UserError  # noqa: E402
-from keras_tutorial.repository import Repository, Version, check_export_dir  # noqa: E402
+from keras_tutorial.repository import Repository, check_export_dir  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501  # TF Serving's REST port.
@@ -67,7 +64,7 @@ _SECURITY_HEADERS = {
 
 
 def predict(repository: Repository, model: str, number: int | None, verb: str, body: bytes,
-            batcher: Batcher | None = None) -> dict:
+            ) -> dict:
     """One predict request, parsed and answered in TF Serving's order: JSON, signature name,
     servable, signature, tensors, run."""
     document = rest.parse_body(body)
@@ -80,30 +77,11 @@ def predict(repository: Repository, model: str, number: int | None, verb: str, b
         raise rest.invalid(f"Expected {verb} signature method_name to be "
                            f"tensorflow/serving/{verb}. Was: {method}")
     tensors, row_format = rest.request_tensors(document, version.inputs[name])
-    if batcher is None:
-        outputs = run_signature(version, name, tensors)
-    else:
-        key = (version.number, name, tuple((key, value.shape[1:], value.dtype.str)
-                                           for key, value in sorted(tensors.items())))
-        outputs = batcher.call(key, lambda inputs: run_signature(version, name, inputs),
-                               tensors)
-    return rest.format_outputs(outputs, row_format)
-
-
-def run_signature(version: Version, name: str, tensors: dict[str, np.ndarray],
-                  ) -> dict[str, np.ndarray]:
-    """Calls a signature of the loaded SavedModel; its errors as TF Serving reports them."""
-    try:
-        outputs = version.loaded.signatures[name](**{
-            key: tf.constant(value) for key, value in tensors.items()})
-    except tf.errors.OpError as e:
-        raise rest.from_tf_error(e) from None
-    return {key: value.numpy() for key, value in outputs.items()}
+    return rest.format_outputs(repository.run(version, name, tensors), row_format)
 
 
 def create_app(repository: Repository, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               poll_seconds: float = DEFAULT_POLL_SECONDS, batcher: Batcher | None = None,
-               ) -> Starlette:
+               poll_seconds: float = DEFAULT_POLL_SECONDS) -> Starlette:
     """The Starlette app: the REST API under /v1/, the page at /, and a thread that polls the
     export directory for versions every `poll_seconds` (0: never)."""
     def json_response(payload: dict, status: int = 200) -> Response:
@@ -124,7 +102,7 @@ def create_app(repository: Repository, max_request_bytes: int = DEFAULT_MAX_REQU
                 return error(413, f"Request body is larger than the server's limit of "
                                   f"{max_request_bytes} bytes (--max_request_bytes)")
             return json_response(await run_in_threadpool(
-                predict, repository, target.model, target.version, target.verb, body, batcher))
+                predict, repository, target.model, target.version, target.verb, body))
         except rest.RestError as e:
             return error(e.http_status, str(e))
 
@@ -235,7 +213,9 @@ def _prepare(argv: list[str]) -> tuple[Repository, socket.socket]:
         raise UserError(f"model name '{name}' cannot appear in /v1/models/<name> URLs")
     check_export_dir(export_dir)
     sock = listen(FLAGS.host, FLAGS.port)
-    repository = Repository(export_dir, name)
+    batcher = (Batcher(FLAGS.max_batch_size, FLAGS.batch_timeout_micros / 1e6)
+               if FLAGS.enable_batching else None)
+    repository = Repository(export_dir, name, batcher)
     repository.refresh()
     return repository, sock
 
@@ -248,10 +228,8 @@ def main(argv: list[str]) -> None:
     versions = ", ".join(map(str, sorted(repository.versions)))
     print(f"Serving {repository.name} (versions {versions}) on http://{address}:{port}/ ; "
           f"REST API at /v1/models/{repository.name}", flush=True)
-    batcher = (Batcher(FLAGS.max_batch_size, FLAGS.batch_timeout_micros / 1e6)
-               if FLAGS.enable_batching else None)
     config = uvicorn.Config(create_app(repository, FLAGS.max_request_bytes,
-                                       FLAGS.file_system_poll_wait_seconds, batcher),
+                                       FLAGS.file_system_poll_wait_seconds),
                             log_level="warning", access_log=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])

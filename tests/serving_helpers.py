@@ -14,16 +14,18 @@ from typing import Iterator
 import uvicorn
 
 from keras_tutorial import serve
+from keras_tutorial.batching import Batcher
 from keras_tutorial.repository import Repository
 
 START_SECONDS = 30
 
 
 @contextlib.contextmanager
-def running_server(export_dir: str, name: str | None = None, **options) -> Iterator[int]:
+def running_server(export_dir: str, name: str | None = None, batcher: Batcher | None = None,
+                   **options) -> Iterator[int]:
     """Serves `export_dir` (as `name`, by default its own) on a free loopback port, which it
     yields; stops the server after."""
-    repository = Repository(export_dir, name or os.path.basename(export_dir))
+    repository = Repository(export_dir, name or os.path.basename(export_dir), batcher)
     repository.refresh()
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(serve.create_app(repository, **options),
