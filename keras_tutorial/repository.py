@@ -19,7 +19,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from keras_tutorial import rest
 from keras_tutorial.batching import Batcher
@@ -30,12 +30,14 @@ INFO_FILE = "export_info.json"  # Written by export.export_model beside the Save
 
 class Version(NamedTuple):
     """A loaded version: its signatures, their inputs, their SignatureDefs (TF Serving's
-    metadata) and the class names it was exported with. `loaded` keeps the variables alive."""
+    metadata, as REST's JSON and as protos for gRPC) and the class names it was exported with.
+    `loaded` keeps the variables alive."""
 
     number: int
     loaded: Any
     inputs: dict[str, dict[str, Any]]
     signature_defs: dict[str, dict]
+    signature_protos: dict[str, meta_graph_pb2.SignatureDef]
     class_names: list[str] | None
 
 
@@ -59,23 +61,27 @@ def check_export_dir(export_dir: str) -> None:
                         "1, 2, ... holding saved_model.pb, as an export writes them)")
 
 
-def signature_defs(path: str) -> dict[str, dict]:
-    """The version's SignatureDefs as TF Serving's metadata API writes them (proto JSON)."""
+def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs of the version's serving MetaGraph, as `saved_model.pb` holds them."""
     saved_model = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         saved_model.ParseFromString(f.read())
+    graph = next(graph for graph in saved_model.meta_graphs if "serve" in graph.meta_info_def.tags)
+    return dict(sorted(graph.signature_def.items()))
 
+
+def signature_defs_json(protos: dict[str, meta_graph_pb2.SignatureDef]) -> dict[str, dict]:
+    """SignatureDefs as TF Serving's metadata API writes them (proto JSON)."""
     def tensor_info(info) -> dict:
         return {"dtype": types_pb2.DataType.Name(info.dtype), "name": info.name,
                 "tensor_shape": {"dim": [{"size": str(dim.size), "name": dim.name}
                                          for dim in info.tensor_shape.dim],
                                  "unknown_rank": info.tensor_shape.unknown_rank}}
 
-    graph = next(graph for graph in saved_model.meta_graphs if "serve" in graph.meta_info_def.tags)
     return {name: {"inputs": {key: tensor_info(v) for key, v in sorted(d.inputs.items())},
                    "outputs": {key: tensor_info(v) for key, v in sorted(d.outputs.items())},
                    "method_name": d.method_name, "defaults": {}}
-            for name, d in sorted(graph.signature_def.items())}
+            for name, d in protos.items()}
 
 
 def load_version(number: int, path: str) -> Version:
@@ -83,7 +89,9 @@ def load_version(number: int, path: str) -> Version:
     loaded = tf.saved_model.load(path, tags=["serve"])
     inputs = {name: function.structured_input_signature[1]
               for name, function in loaded.signatures.items()}
-    return Version(number, loaded, inputs, signature_defs(path), _class_names(path))
+    protos = read_signature_defs(path)
+    return Version(number, loaded, inputs, signature_defs_json(protos), protos,
+                   _class_names(path))
 
 
 def _class_names(path: str) -> list[str] | None:
