@@ -8,18 +8,27 @@ in their shortest float32 form, `NaN` and `Infinity` as the tokens TF Serving wr
 error is a one-line message with the canonical code TF Serving would give, hence its HTTP
 status. Two deliberate differences: a uint8 value outside 0..255 is refused (TF Serving wraps
 it), and messages never echo the whole request.
+
+Paths are matched as TF Serving matches them: on the request's raw path (never on a URL rebuilt
+from its headers), versions in ASCII digits that fit in an int64, the model name
+percent-decoded afterwards.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import re
+import urllib.parse
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import tensorflow as tf
+
+from keras_tutorial import json_arrays
 
 # TF Serving's mapping from canonical error codes to HTTP (model_servers/http_server.cc).
 HTTP_STATUS = {"CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
@@ -33,11 +42,13 @@ _CANONICAL = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_
               11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
               15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
 
-# TF Serving's path patterns (model_servers/http_rest_api_util.cc), without version labels.
-_PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)",
+# TF Serving's path patterns (model_servers/http_rest_api_util.cc), without version labels;
+# its RE2 `\d` is ASCII only.
+_PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([0-9]+))?:(classify|regress|predict)",
                            re.IGNORECASE)
-_MODEL_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+))?(?:/(metadata))?",
+_MODEL_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/([0-9]+))?(?:/(metadata))?",
                          re.IGNORECASE)
+_INT64_MAX = 2**63 - 1
 _BOOT_LINES = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
 _QUOTE_LIMIT = 60
 
@@ -66,37 +77,85 @@ class Route(NamedTuple):
     verb: str
 
 
-def route(method: str, path: str) -> Route:
-    """The model, version and verb of `METHOD /v1/...`, or TF Serving's 'Malformed request'."""
-    match = method == "POST" and _PREDICT_PATH.fullmatch(path)
+def route(method: str, raw_path: str) -> Route:
+    """The model, version and verb of `METHOD /v1/...` (the path as the request line has it,
+    percent-escapes and all), or TF Serving's 'Malformed request'."""
+    match = method == "POST" and _PREDICT_PATH.fullmatch(raw_path)
     if match:
-        return Route(match[1], _version(match[2]), match[3].lower())
-    match = method == "GET" and _MODEL_PATH.fullmatch(path)
+        return Route(_model_name(match[1]), _version(match[2]), match[3].lower())
+    match = method == "GET" and _MODEL_PATH.fullmatch(raw_path)
     if match and match[1]:
-        return Route(match[1], _version(match[2]), "metadata" if match[3] else "status")
+        return Route(_model_name(match[1]), _version(match[2]),
+                     "metadata" if match[3] else "status")
     if match:
         raise invalid("Missing model name in request.")
-    raise invalid(f"Malformed request: {method} {path}")
+    raise invalid(f"Malformed request: {method} {cut(raw_path)}")
 
 
-def _version(text: str | None) -> int | None:
-    return None if text is None else int(text)
+def _model_name(escaped: str) -> str:
+    try:
+        return urllib.parse.unquote(escaped, errors="strict")
+    except UnicodeDecodeError:
+        raise invalid(f"Failed to decode model name: {cut(escaped)}") from None
 
 
-def _quote(value: Any) -> str:
-    """A JSON value for an error message, cut short: a request can be megabytes."""
-    text = json.dumps(value)
+def _version(digits: str | None) -> int | None:
+    """A version's ASCII digits as TF Serving's int64, or its error."""
+    if digits is None:
+        return None
+    if len(digits) > 19 or int(digits) > _INT64_MAX:
+        raise invalid(f"Failed to convert version: {cut(digits)} to numeric.")
+    return int(digits)
+
+
+def cut(text: str) -> str:
+    """Text from a request, cut short for an error message."""
     return text if len(text) <= _QUOTE_LIMIT else text[:_QUOTE_LIMIT] + "..."
 
 
+class _Text(str):
+    """Text already written as JSON, on _quote's stack."""
+
+
+def _quote(value: Any) -> str:
+    """A JSON value for an error message, written only as far as the message shows it: a
+    request can be megabytes, or nested a thousand deep."""
+    pieces, size, stack = [], 0, [value]
+    while stack and size <= _QUOTE_LIMIT:
+        item = stack.pop()
+        if isinstance(item, np.ndarray):
+            item = item.ravel()[:_QUOTE_LIMIT].tolist() if item.ndim else item.item()
+        if isinstance(item, list):
+            stack.extend(reversed(_joined([[element] for element in item[:_QUOTE_LIMIT]],
+                                          "[", "]")))
+        elif isinstance(item, dict):
+            pairs = itertools.islice(item.items(), _QUOTE_LIMIT)
+            stack.extend(reversed(_joined([[_Text(json.dumps(key) + ": "), element]
+                                           for key, element in pairs], "{", "}")))
+        else:
+            piece = item if isinstance(item, _Text) else json.dumps(item)
+            pieces.append(piece)
+            size += len(piece)
+    return cut("".join(pieces))
+
+
+def _joined(groups: list[list], opening: str, closing: str) -> list:
+    """The tokens of a JSON list or object: its groups between brackets, comma-separated."""
+    tokens = [_Text(opening)]
+    for i, group in enumerate(groups):
+        tokens += ([_Text(", ")] if i else []) + group
+    return tokens + [_Text(closing)]
+
+
 def parse_body(body: bytes) -> dict:
-    """The request's JSON object; NaN and Infinity are accepted, as TF Serving accepts them."""
+    """The request's JSON object, its dense numeric arrays already numpy arrays; NaN and
+    Infinity are accepted, as TF Serving accepts them."""
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
-        document = json.loads(body)
+        document = json_arrays.loads(body)
     except (ValueError, RecursionError) as e:
-        raise invalid(f"JSON Parse error: {e}") from None
+        raise invalid(f"JSON Parse error: {cut(' '.join(str(e).split()))}") from None
     if not isinstance(document, dict):
         raise invalid(f"JSON Value: {_quote(document)} Is not object")
     return document
@@ -134,15 +193,16 @@ def _is_b64(value: Any) -> bool:
 
 def _rows(instances: Any, specs: dict[str, tf.TensorSpec]) -> dict[str, np.ndarray]:
     """Row format: one list item per example, a value or an object of named inputs."""
-    if not isinstance(instances, list):
+    if not isinstance(instances, list) and not (isinstance(instances, np.ndarray)
+                                                and instances.ndim):
         raise invalid("Expecting 'instances' to be an list/array")
-    if not instances:
+    if not len(instances):
         raise invalid("No values in 'instances' array")
     if not _is_named(instances[0]):
         if len(specs) > 1:
             raise invalid("instances is a plain list, but expecting list of objects as "
                           "multiple input tensors required as per tensorinfo_map")
-        if any(_is_named(item) for item in instances):
+        if isinstance(instances, list) and any(_is_named(item) for item in instances):
             raise invalid("Expecting value/list but got object in the input list")
         (name, spec), = specs.items()
         return {name: to_array(instances, spec, name)}
@@ -169,19 +229,20 @@ def _columns(inputs: Any, specs: dict[str, tf.TensorSpec]) -> dict[str, np.ndarr
 
 
 def to_array(value: Any, spec: tf.TensorSpec, name: str) -> np.ndarray:
-    """A JSON value (nested lists) as an array of the input's dtype; its shape is the graph's
-    to check, as in TF Serving."""
+    """A JSON value (nested lists, or an array parse_body lifted) as an array of the input's
+    dtype; its shape is the graph's to check, as in TF Serving."""
+    _check_depth(value, name)
     if spec.dtype == tf.string:
         return _string_array(value, name)
     try:
         array = np.asarray(value)
     except ValueError:
-        raise invalid(f"Input {name}: lists of unequal length at the same level; a tensor "
-                      "must be dense") from None
+        raise _ragged(name) from None
     dtype = spec.dtype.as_numpy_dtype
     wanted = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}.get(np.dtype(dtype).kind, "")
-    if array.dtype.kind not in wanted or array.dtype == object:
-        raise invalid(f"JSON Value: {_quote(value)} Type: {_json_type(array)} is not of "
+    if (array.dtype.kind not in wanted or array.dtype == object
+            or array.dtype.kind != "b" and _holds_bool(value)):
+        raise invalid(f"JSON Value: {_quote(value)} Type: {_json_type(value, array)} is not of "
                       f"expected type: {spec.dtype.name} (input {name})")
     if array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu" and array.size:
         info = np.iinfo(dtype)
@@ -191,49 +252,76 @@ def to_array(value: Any, spec: tf.TensorSpec, name: str) -> np.ndarray:
     return array.astype(dtype)
 
 
-def _json_type(array: np.ndarray) -> str:
+def _check_depth(value: Any, name: str) -> None:
+    """Refuses lists nested deeper than a tensor can be, before anything recurses into them."""
+    depth = 0
+    while isinstance(value, (list, np.ndarray)) and len(value):
+        depth += value.ndim if isinstance(value, np.ndarray) else 1
+        if depth > json_arrays.MAX_RANK:
+            raise invalid(f"Input {name}: lists nested more than {json_arrays.MAX_RANK} deep; "
+                          "a tensor has at most that many dimensions")
+        value = None if isinstance(value, np.ndarray) else value[0]
+
+
+def _ragged(name: str) -> RestError:
+    return invalid(f"Input {name}: lists of unequal length at the same level, or nested too "
+                   "deep; a tensor must be dense")
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether nested lists hold a JSON true or false anywhere (numpy would read them as 1/0)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool):
+            return True
+    return False
+
+
+def _json_type(value: Any, array: np.ndarray) -> str:
+    if array.dtype.kind != "b" and _holds_bool(value):
+        return "Bool"
     return {"b": "Bool", "U": "String", "O": "Object or mixed"}.get(array.dtype.kind, "Number")
 
 
 def _string_array(value: Any, name: str) -> np.ndarray:
     """Strings as bytes: UTF-8 text, or base64 inside `{"b64": ...}`; nested lists kept dense."""
-    def convert(item: Any) -> Any:
-        if isinstance(item, list):
-            return [convert(element) for element in item]
-        if isinstance(item, str):
-            return item.encode("utf-8")
-        if _is_b64(item):
-            try:
-                return base64.b64decode(item["b64"], validate=True)
-            except (binascii.Error, ValueError):
-                raise invalid(f"Unable to base64 decode (input {name})") from None
-        raise invalid(f"JSON Value: {_quote(item)} is not of expected type: string "
-                      f"(input {name})")
-
-    nested = convert(value)
-    shape = _dense_shape(nested, name)
-    flat = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=object)
-    flat[:] = list(_leaves(nested))
+    leaves, shape = _flatten(value, name)
+    flat = np.empty(len(leaves), dtype=object)
+    flat[:] = [_string_bytes(leaf, name) for leaf in leaves]
     return flat.reshape(shape)
 
 
-def _dense_shape(nested: Any, name: str) -> tuple[int, ...]:
-    """The shape of nested lists of leaves, or an error if they are ragged."""
-    if not isinstance(nested, list):
-        return ()
-    shapes = {_dense_shape(item, name) for item in nested}
-    if len(shapes) > 1:
-        raise invalid(f"Input {name}: lists of unequal length at the same level; a tensor "
-                      "must be dense")
-    return (len(nested),) + (shapes.pop() if shapes else ())
+def _string_bytes(item: Any, name: str) -> bytes:
+    if isinstance(item, str):
+        try:
+            return item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid(f"Input {name}: a string is not valid UTF-8 text (an unpaired "
+                          "surrogate such as \\ud800)") from None
+    if _is_b64(item):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid(f"Unable to base64 decode (input {name})") from None
+    raise invalid(f"JSON Value: {_quote(item)} is not of expected type: string "
+                  f"(input {name})")
 
 
-def _leaves(nested: Any):
-    if isinstance(nested, list):
-        for item in nested:
-            yield from _leaves(item)
-    else:
-        yield nested
+def _flatten(value: Any, name: str) -> tuple[list, tuple[int, ...]]:
+    """The leaves of nested lists in order, and their shape; ragged lists are refused."""
+    level, shape = [value], []
+    while level and isinstance(level[0], list):
+        sizes = {len(item) if isinstance(item, list) else -1 for item in level}
+        if len(sizes) > 1:
+            raise _ragged(name)
+        shape.append(sizes.pop())
+        level = [element for item in level for element in item]
+    if any(isinstance(item, list) for item in level):
+        raise _ragged(name)
+    return level, tuple(shape)
 
 
 def format_outputs(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
@@ -252,18 +340,15 @@ def format_outputs(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
 
 
 def _json_values(name: str, array: np.ndarray) -> Any:
-    """Nested lists of JSON values; float32 in its shortest decimal form (0.1, not
-    0.10000000149011612), strings as text, or base64 objects for names ending in `_bytes`."""
+    """Numbers stay numpy arrays, which `dumps` writes; strings become text, or base64 objects
+    for names ending in `_bytes`."""
     array = np.asarray(array)
-    if array.dtype.kind == "f":
-        shortest = array.astype(str) if array.dtype == np.float32 else array
-        return shortest.astype(np.float64).tolist()
     if array.dtype == object or array.dtype.kind == "S":
         encode = ((lambda raw: {"b64": base64.b64encode(raw).decode("ascii")})
                   if name.endswith("_bytes") else
                   (lambda raw: raw.decode("utf-8", errors="replace")))
         return np.frompyfunc(encode, 1, 1)(array).tolist() if array.ndim else encode(array.item())
-    return array.tolist()
+    return array
 
 
 def from_tf_error(error: tf.errors.OpError) -> RestError:
@@ -276,5 +361,21 @@ def from_tf_error(error: tf.errors.OpError) -> RestError:
 
 
 def dumps(payload: dict) -> bytes:
-    """JSON as TF Serving writes it, with `NaN` and `Infinity` tokens."""
-    return json.dumps(payload, allow_nan=True, separators=(",", ":")).encode("utf-8")
+    """JSON as TF Serving writes it: float32 in its shortest decimal form (0.1, not
+    0.10000000149011612), `NaN` and `Infinity` as tokens."""
+    try:
+        text = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:  # Text that is not UTF-8 (an unpaired surrogate), say.
+        text = b"null"
+    if b"null" not in text:  # orjson writes NaN and Infinity as null; answers hold no null.
+        return text
+    return json.dumps(payload, allow_nan=True, separators=(",", ":"),
+                      default=_plain).encode("utf-8")
+
+
+def _plain(value: np.ndarray | np.generic) -> Any:
+    """A numpy value as the json module writes it, float32 through its shortest decimal form."""
+    array = np.asarray(value)
+    if array.dtype == np.float32:
+        array = array.astype(str).astype(np.float64)
+    return array.tolist()
