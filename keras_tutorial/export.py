@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 import keras_tutorial
-from keras_tutorial import data, fastpath, files, images, versions
+from keras_tutorial import data, fastpath, files, images, versions, warmup
 
 SERVING_INPUT = "images"
 IMAGE_BYTES_INPUT = "image_bytes"
@@ -75,7 +75,8 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
 
     The version is written to a hidden staging directory beside it and renamed into place,
     so a server watching `export_dir` never sees a half-written version; an existing version
-    is never overwritten. `export_info.json` inside records `metadata` and the class names.
+    is never overwritten. `export_info.json` inside records `metadata` and the class names;
+    `assets.extra/` holds the warm-up requests TF Serving replays before serving it.
     """
     names = tuple(class_names or data.CLASS_NAMES["mnist"])
     if len(names) != data.NUM_CLASSES:
@@ -88,6 +89,7 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
         for name, function in serving_functions(copy, names).items():
             archive.add_endpoint(name, function)
         archive.write_out(staging, verbose=False)
+        warmup.write(staging, warmup.requests(SERVING_INPUT, IMAGE_BYTES_INPUT))
         info = {**(metadata or {}), "class_names": list(names), "signatures": list(SIGNATURES),
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "keras_tutorial_version": keras_tutorial.__version__,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import threading
 from typing import Any, NamedTuple
 
@@ -21,11 +22,13 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from keras_tutorial import rest
+from keras_tutorial import rest, warmup
 from keras_tutorial.batching import Batcher
 from keras_tutorial.errors import UserError
 
 INFO_FILE = "export_info.json"  # Written by export.export_model beside the SavedModel.
+# An absolute path in a message: its last component is kept.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
 
 
 class Version(NamedTuple):
@@ -85,8 +88,11 @@ def signature_defs_json(protos: dict[str, meta_graph_pb2.SignatureDef]) -> dict[
 
 
 def load_version(number: int, path: str) -> Version:
-    """Loads one version with `tf.saved_model.load` and reads what its metadata needs."""
+    """Loads one version with `tf.saved_model.load`, replays its warm-up requests (so its
+    first user does not wait for TensorFlow's first call) and reads what its metadata needs."""
     loaded = tf.saved_model.load(path, tags=["serve"])
+    replayed = warmup.replay(loaded, path)
+    logging.info("Replayed %d warm-up requests of version %d", replayed, number)
     inputs = {name: function.structured_input_signature[1]
               for name, function in loaded.signatures.items()}
     protos = read_signature_defs(path)
@@ -133,7 +139,7 @@ class Repository:
                     failed.pop(number, None)
                     logging.info("Loaded version %d of %s from %s", number, self.name, path)
                 except Exception as e:  # A broken version must not stop the others serving.
-                    failed[number] = (stamp, " ".join(str(e).split())[:500])
+                    failed[number] = (stamp, self._for_clients(str(e)))
                     logging.warning("Cannot load version %d of %s: %s", number, self.name, e)
             if versions.keys() - self.versions.keys():
                 # A loaded version is 100,000s of Python objects that every full collection
@@ -150,6 +156,22 @@ class Repository:
             return versions[number]
         spec = f"Latest({model})" if number is None else f"Specific({model}, {number})"
         raise rest.RestError("NOT_FOUND", f"Servable not found for request: {spec}")
+
+    def _for_clients(self, message: str) -> str:
+        """An error message for clients: one line, no absolute path of this machine (paths
+        in the export directory are written from the model's name, others as their file)."""
+        message = " ".join(message.split())
+        for root in {os.path.abspath(self.export_dir), self.export_dir}:
+            message = message.replace(root.rstrip(os.sep) + os.sep, self.name + "/")
+        return _ABSOLUTE_PATH.sub(lambda match: "<path>/" + match[1], message)[:500]
+
+    def answering(self, model: str, number: int | None) -> int | None:
+        """The version that answers a request for `model` and `number` (None: the newest), or
+        None if none does: what metrics may label."""
+        try:
+            return self.find(model, number).number
+        except rest.RestError:
+            return None
 
     def run(self, version: Version, signature: str, tensors: dict[str, np.ndarray],
             ) -> dict[str, np.ndarray]:
