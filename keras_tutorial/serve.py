@@ -28,10 +28,15 @@ import importlib.resources
 import os
 import socket
 import threading
+import time
+from typing import NamedTuple
 
 from absl import flags, logging
+import grpc
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -41,14 +46,14 @@ from keras_tutorial import cli
 
 cli.import_tensorflow()  # Before any module that imports TensorFlow.
 
-from keras_tutorial import rest  # noqa: E402
+from keras_tutorial import grpc_api, guard, rest  # noqa: E402
 from keras_tutorial.batching import Batcher  # noqa: E402
 from keras_tutorial.errors import UserError  # noqa: E402
+from keras_tutorial.metrics import PATH as METRICS_PATH, Metrics  # noqa: E402
 from keras_tutorial.repository import Repository, check_export_dir  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501  # TF Serving's REST port.
-DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_POLL_SECONDS = 1.0
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_TIMEOUT_MICROS = 2000
@@ -63,8 +68,16 @@ _SECURITY_HEADERS = {
     "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 
 
+class Answer(NamedTuple):
+    """A predict request's JSON answer, the version that gave it, and how many examples."""
+
+    payload: dict
+    version: int
+    examples: int
+
+
 def predict(repository: Repository, model: str, number: int | None, verb: str, body: bytes,
-            ) -> dict:
+            ) -> Answer:
     """One predict request, parsed and answered in TF Serving's order: JSON, signature name,
     servable, signature, tensors, run."""
     document = rest.parse_body(body)
@@ -77,13 +90,20 @@ def predict(repository: Repository, model: str, number: int | None, verb: str, b
         raise rest.invalid(f"Expected {verb} signature method_name to be "
                            f"tensorflow/serving/{verb}. Was: {method}")
     tensors, row_format = rest.request_tensors(document, version.inputs[name])
-    return rest.format_outputs(repository.run(version, name, tensors), row_format)
+    outputs = repository.run(version, name, tensors)
+    examples = min((len(value) for value in tensors.values() if value.ndim), default=1)
+    return Answer(rest.format_outputs(outputs, row_format), version.number, examples)
 
 
-def create_app(repository: Repository, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               poll_seconds: float = DEFAULT_POLL_SECONDS) -> Starlette:
-    """The Starlette app: the REST API under /v1/, the page at /, and a thread that polls the
-    export directory for versions every `poll_seconds` (0: never)."""
+def create_app(repository: Repository,
+               max_request_bytes: int = guard.DEFAULT_MAX_REQUEST_BYTES,
+               poll_seconds: float = DEFAULT_POLL_SECONDS, policy: guard.Policy = guard.Policy(),
+               body_seconds: float = guard.DEFAULT_BODY_SECONDS,
+               metrics: Metrics | None = None) -> Starlette:
+    """The Starlette app: the REST API under /v1/, the page at /, the metrics, and a thread
+    that polls the export directory for versions every `poll_seconds` (0: never)."""
+    metrics = metrics or Metrics(repository.name)
+
     def json_response(payload: dict, status: int = 200) -> Response:
         return Response(rest.dumps(payload), status, media_type="application/json")
 
@@ -91,33 +111,54 @@ def create_app(repository: Repository, max_request_bytes: int = DEFAULT_MAX_REQU
         return json_response({"error": message}, status)
 
     async def api(request: Request) -> Response:
+        start, target, code, answer = time.perf_counter(), None, "OK", None
         try:
-            target = rest.route(request.method, request.url.path)
+            target = rest.route(request.method, _raw_path(request.scope))
             if target.verb == "status":
                 return json_response(repository.status(target.model, target.version))
             if target.verb == "metadata":
                 return json_response(repository.metadata(target.model, target.version))
-            body = await _read_body(request, max_request_bytes)
-            if body is None:
-                return error(413, f"Request body is larger than the server's limit of "
-                                  f"{max_request_bytes} bytes (--max_request_bytes)")
-            return json_response(await run_in_threadpool(
-                predict, repository, target.model, target.version, target.verb, body))
+            body = await guard.read_body(request, max_request_bytes, body_seconds)
+            answer = await run_in_threadpool(predict, repository, target.model, target.version,
+                                             target.verb, body)
+            return json_response(answer.payload)
         except rest.RestError as e:
+            code = e.code
             return error(e.http_status, str(e))
+        except guard.Refused as e:
+            metrics.refused(e.reason)
+            code = _REFUSED_CODES.get(e.status, "INVALID_ARGUMENT")
+            return error(e.status, str(e))
+        finally:
+            if target is not None:
+                version = (answer.version if answer
+                           else repository.answering(target.model, target.version))
+                metrics.record("rest", _API_NAMES.get(target.verb, target.verb), target.model,
+                               version, code, time.perf_counter() - start,
+                               answer and answer.examples)
 
     pages = {path: _page(file, media, repository.name) for path, (file, media)
              in PAGE_FILES.items()}
 
     async def page(request: Request) -> Response:
-        return pages[request.url.path]
+        return pages[request.scope["path"]]
+
+    async def prometheus(request: Request) -> Response:
+        content, media_type = metrics.exposition()
+        return Response(content, media_type=media_type)
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+        return error(exc.status_code,
+                     f"{exc.detail}: {request.method} {rest.cut(_raw_path(request.scope))}")
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        # Starlette then raises it again, and uvicorn logs the traceback.
-        return error(500, " ".join(f"Internal error: {type(exc).__name__}: {exc}".split()))
+        # Starlette then raises it again, and uvicorn logs the traceback; the client gets no
+        # detail that could show the server's files.
+        return error(500, f"Internal error ({type(exc).__name__}); the server's log has the "
+                          "details")
+
+    def refused(exc: guard.Refused) -> Response:
+        return error(exc.status, str(exc))
 
     @contextlib.asynccontextmanager
     async def lifespan(_):
@@ -131,24 +172,28 @@ def create_app(repository: Repository, max_request_bytes: int = DEFAULT_MAX_REQU
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
     routes = [Route(path, page, methods=["GET"]) for path in PAGE_FILES]
+    routes.append(Route(METRICS_PATH, prometheus, methods=["GET"]))
     routes.append(Route("/v1/{rest:path}", api, methods=methods))
-    return Starlette(routes=routes, lifespan=lifespan,
+    middleware = [Middleware(guard.GuardMiddleware, policy=policy, on_refused=metrics.refused,
+                             respond=refused)]
+    if policy.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=sorted(policy.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Content-Encoding"], max_age=600))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers={404: http_error, 405: http_error,
                                          Exception: internal_error})
 
 
-async def _read_body(request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+# The metrics' API names (gRPC's methods), for REST's verbs.
+_API_NAMES = {"status": "get_model_status", "metadata": "get_model_metadata"}
+# The canonical codes counted for requests refused before the API (TF Serving has no such).
+_REFUSED_CODES = {408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
+
+
+def _raw_path(scope) -> str:
+    """The request's path as its request line has it, never a URL rebuilt from its headers."""
+    return (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
 
 
 def _page(file: str, media_type: str, model_name: str):
@@ -189,8 +234,27 @@ def define_flags() -> None:
                         "server to the network.")
     flags.DEFINE_integer("port", DEFAULT_PORT, "Port to listen on (TF Serving's REST port).",
                          lower_bound=0, upper_bound=65535)
-    flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES,
-                         "Larger request bodies are refused with HTTP 413.", lower_bound=1)
+    flags.DEFINE_integer("grpc_port", grpc_api.DEFAULT_PORT, "Port for TF Serving's gRPC API "
+                         "(PredictionService, ModelService) on the same --host; 0 turns it "
+                         "off.", lower_bound=0, upper_bound=65535)
+    flags.DEFINE_integer("max_request_bytes", guard.DEFAULT_MAX_REQUEST_BYTES,
+                         "Larger request bodies (as sent, and once gzip-decompressed) are "
+                         "refused with HTTP 413, larger gRPC messages with RESOURCE_EXHAUSTED.",
+                         lower_bound=1)
+    flags.DEFINE_list("allowed_hosts", [], "Host names to answer besides the address served "
+                      "and localhost, e.g. mybox.local ('*': any); other Host headers are "
+                      "refused, against DNS rebinding.")
+    flags.DEFINE_list("cors_origin", [], "Origins whose web pages may call the API, e.g. "
+                      "http://localhost:3000 ('*': any), as TF Serving's "
+                      "--rest_api_enable_cors_support; other cross-origin requests are refused.")
+    flags.DEFINE_integer("max_connections", guard.DEFAULT_MAX_CONNECTIONS,
+                         "Connections beyond this many are closed at once.", lower_bound=1)
+    flags.DEFINE_float("header_timeout_seconds", guard.DEFAULT_HEADER_SECONDS,
+                       "A connection whose request headers take longer is closed.",
+                       lower_bound=0.001)
+    flags.DEFINE_float("body_timeout_seconds", guard.DEFAULT_BODY_SECONDS,
+                       "A request body that takes longer to arrive is refused with HTTP 408.",
+                       lower_bound=0.001)
     flags.DEFINE_float("file_system_poll_wait_seconds", DEFAULT_POLL_SECONDS,
                        "Seconds between looks for new versions (0: only at startup), as TF "
                        "Serving's flag of that name.", lower_bound=0)
@@ -203,8 +267,20 @@ def define_flags() -> None:
                          lower_bound=0)
 
 
-def _prepare(argv: list[str]) -> tuple[Repository, socket.socket]:
-    """The model's versions, loaded, and the listening socket; bad input as a UserError."""
+class Servers(NamedTuple):
+    """What `main` runs: the versions, the REST socket, the gRPC server (None: off), and
+    their metrics."""
+
+    repository: Repository
+    sock: socket.socket
+    grpc_server: grpc.Server | None
+    grpc_port: int
+    metrics: Metrics
+
+
+def _prepare(argv: list[str]) -> Servers:
+    """The model's versions, loaded, the listening socket and the gRPC server, started; bad
+    input as a UserError."""
     FLAGS = flags.FLAGS
     cli.no_arguments(argv)
     export_dir = os.path.normpath(FLAGS.export_dir)
@@ -217,24 +293,39 @@ def _prepare(argv: list[str]) -> tuple[Repository, socket.socket]:
                if FLAGS.enable_batching else None)
     repository = Repository(export_dir, name, batcher)
     repository.refresh()
-    return repository, sock
+    metrics = Metrics(name)
+    grpc_server, grpc_port = None, 0
+    if FLAGS.grpc_port:
+        try:
+            grpc_server, grpc_port = grpc_api.start_server(
+                repository, FLAGS.host, FLAGS.grpc_port, metrics, FLAGS.max_request_bytes)
+        except UserError as e:
+            raise UserError(f"{e} (--grpc_port picks another port; 0 turns gRPC off)") from None
+    return Servers(repository, sock, grpc_server, grpc_port, metrics)
 
 
 def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
-    repository, sock = _prepare(argv)
+    repository, sock, grpc_server, grpc_port, metrics = _prepare(argv)
     host, port = sock.getsockname()[:2]
     address = f"[{host}]" if ":" in host else host
     versions = ", ".join(map(str, sorted(repository.versions)))
+    grpc_note = f"; gRPC on {address}:{grpc_port}" if grpc_server else ""
     print(f"Serving {repository.name} (versions {versions}) on http://{address}:{port}/ ; "
-          f"REST API at /v1/models/{repository.name}", flush=True)
-    config = uvicorn.Config(create_app(repository, FLAGS.max_request_bytes,
-                                       FLAGS.file_system_poll_wait_seconds),
-                            log_level="warning", access_log=False)
+          f"REST API at /v1/models/{repository.name}{grpc_note}", flush=True)
+    policy = guard.Policy.of(FLAGS.allowed_hosts, FLAGS.cors_origin)
+    app = create_app(repository, FLAGS.max_request_bytes, FLAGS.file_system_poll_wait_seconds,
+                     policy, FLAGS.body_timeout_seconds, metrics)
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
+                            http=guard.protocol(FLAGS.header_timeout_seconds,
+                                                FLAGS.max_connections, metrics.refused))
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # Ctrl-C: uvicorn has shut down gracefully and raised the signal again.
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=5).wait()
 
 
 if __name__ == "__main__":

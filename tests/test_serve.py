@@ -2,18 +2,22 @@
 SavedModel answers the same tensors, every error with TF Serving's status and one line."""
 
 import base64
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from keras_tutorial import data, export, rest
 from keras_tutorial.batching import Batcher
@@ -165,7 +169,7 @@ def _error_cases(model: str) -> list:
         ("POST", predict, "", 400, "JSON Parse error: The document is empty"),
         ("POST", predict, {"signature_name": "serve_images",
                            "instances": [_b64(b"not an image")]}, 400,
-         "Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required."),
+         "Unknown image file format. One of PNG, JPEG, GIF, BMP required."),
         ("POST", predict, {"signature_name": "serve_images", "instances": [_b64(b"")]}, 400,
          "Input is empty."),
         ("POST", predict, {"signature_name": "serve_images", "instances": [{"b64": "%%%"}]},
@@ -204,14 +208,21 @@ def test_outputs_are_written_as_tf_serving_writes_them():
                "ids": np.array([3, 4], np.int64),
                "names": np.array([b"a", "\u00e9".encode()], object),
                "thumb_bytes": np.array([b"\x00\xff", b""], object)}
-    rows = rest.format_outputs(outputs, row_format=True)
-    assert rows["predictions"][0] == {"scores": [0.1, pytest.approx(np.nan, nan_ok=True)],
-                                      "ids": 3, "names": "a", "thumb_bytes": {"b64": "AP8="}}
-    written = rest.dumps(rows).decode()
+    written = rest.dumps(rest.format_outputs(outputs, row_format=True)).decode()
     assert '"scores":[0.1,NaN]' in written and '"scores":[Infinity,1.0]' in written
-    columns = rest.format_outputs({"ids": outputs["ids"]}, row_format=False)
-    assert columns == {"outputs": [3, 4]}
-    assert rest.format_outputs({"ids": outputs["ids"]}, row_format=True) == {
+    first = json.loads(written)["predictions"][0]
+    assert first == {"scores": [0.1, pytest.approx(np.nan, nan_ok=True)], "ids": 3,
+                     "names": "a", "thumb_bytes": {"b64": "AP8="}}
+    assert json.loads(written)["predictions"][1]["names"] == "\u00e9"
+    # Finite floats take the fast writer; they read back as the same float32, bit for bit.
+    probabilities = np.random.default_rng(0).random((4, 10)).astype(np.float32) / 7
+    finite = rest.dumps(rest.format_outputs({"p": probabilities}, row_format=False))
+    np.testing.assert_array_equal(np.array(json.loads(finite)["outputs"], np.float32),
+                                  probabilities)
+    ids = {"ids": outputs["ids"]}
+    assert json.loads(rest.dumps(rest.format_outputs(ids, row_format=False))) == {
+        "outputs": [3, 4]}
+    assert json.loads(rest.dumps(rest.format_outputs(ids, row_format=True))) == {
         "predictions": [3, 4]}
 
 
@@ -325,21 +336,39 @@ def _command(*flags: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_command_serves_and_reports_bad_input_in_one_line(tmp_path, export_dir):
+def test_command_serves_rest_and_grpc_and_reports_bad_input_in_one_line(tmp_path, export_dir):
+    grpc_port = _free_port()
+    taken = socket.create_server(("127.0.0.1", 0))
     bad = {"missing": ([f"--export_dir={tmp_path}/missing"], "does not exist"),
            "port": ([f"--export_dir={export_dir}", "--port=70000"],
-                    "flag --port=70000: 70000 is not an integer in the range [0, 65535]")}
+                    "flag --port=70000: 70000 is not an integer in the range [0, 65535]"),
+           "grpc port": ([f"--export_dir={export_dir}", "--port=0",
+                          f"--grpc_port={taken.getsockname()[1]}"], "--grpc_port")}
     processes = {name: _command(*flags) for name, (flags, _) in bad.items()}
-    server = _command(f"--export_dir={export_dir}", "--port=0", "--model_name=digits")
+    server = _command(f"--export_dir={export_dir}", "--port=0", "--model_name=digits",
+                      f"--grpc_port={grpc_port}")
     try:
         banner = server.stdout.readline()
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", banner)[1])
+        assert f"gRPC on 127.0.0.1:{grpc_port}" in banner, banner
         status, answer = call(port, "GET", "/v1/models/digits")
         assert status == 200 and answer["model_version_status"][0]["version"] == "1"
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "digits"
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, 30)
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert status.model_version_status[0].state == available
     finally:
         server.send_signal(signal.SIGINT)
         _, stderr = server.communicate(timeout=60)
+        taken.close()
     assert server.returncode == 0 and "Traceback" not in stderr
     for name, process in processes.items():
         _, stderr = process.communicate(timeout=120)
