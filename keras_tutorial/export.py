@@ -4,8 +4,9 @@ Every version has two signatures that return the same outputs, `probabilities` [
 float32, `classes` [None] int64 and `class_names` [None] string:
 
 - `serving_default` takes raw uint8 pixels `images` [None,28,28,1], white on black, 0..255;
-- `serve_images` takes `image_bytes` [None] string, encoded PNG, JPEG, GIF or BMP files of any
-  size, colour or gray, prepared inside the graph (images.py).
+- `serve_images` takes `image_bytes` [None] string, encoded PNG, JPEG, GIF or BMP files, colour
+  or gray, up to `images.MAX_SIDE` pixels a side and `images.MAX_PIXELS` in all, prepared
+  inside the graph (images.py).
 """
 
 from __future__ import annotations
