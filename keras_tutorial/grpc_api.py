@@ -326,12 +326,13 @@ def start_server(repository: Repository, host: str, port: int = DEFAULT_PORT,
     server and its port; a one-line UserError if the address cannot be bound.
 
     Requests are capped at `max_message_bytes`, answers at 4 times that; `max_workers` calls
-    run at once, `max_concurrent_rpcs` are admitted (the rest get RESOURCE_EXHAUSTED), and one
-    connection runs at most `max_workers` streams (its other calls wait for one).
+    run at once, and `max_concurrent_rpcs` are admitted (the rest get RESOURCE_EXHAUSTED).
     """
+    # No cap on a connection's streams: channels to one address share a connection, and a
+    # cap there refuses calls (RST_STREAM) where `max_concurrent_rpcs` answers them.
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", ANSWER_BYTES_PER_MESSAGE_BYTE * max_message_bytes),
-               ("grpc.max_concurrent_streams", max_workers), *_CONNECTION_OPTIONS]
+               *_CONNECTION_OPTIONS]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"),
                          options=options,
                          maximum_concurrent_rpcs=max_concurrent_rpcs)

@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import socket
+import threading
 import time
 from typing import Iterator
 
@@ -264,22 +265,41 @@ def test_calls_are_counted_by_api_version_and_code(server, stub, bordered_arrays
 
 
 def test_calls_beyond_the_limit_get_resource_exhausted(export_dir, bordered_arrays):
-    # The first call waits in the batcher for company while the second arrives, on a connection
-    # of its own: on the first's, the second would wait for a stream (one per worker).
+    # The first call waits in the batcher for company while the second arrives.
     batcher = Batcher(max_batch_size=8, timeout_seconds=1.5)
     with grpc_server(export_dir, batcher, max_concurrent_rpcs=1, max_workers=1) as (port, _):
         request = _request(os.path.basename(export_dir), bordered_arrays.x_test[:1])
-        own = [("grpc.use_local_subchannel_pool", 1)]
-        with grpc.insecure_channel(f"127.0.0.1:{port}", own) as first_channel, \
-                grpc.insecure_channel(f"127.0.0.1:{port}", own) as second_channel:
-            first = prediction_service_pb2_grpc.PredictionServiceStub(first_channel).Predict
-            second = prediction_service_pb2_grpc.PredictionServiceStub(second_channel).Predict
-            waiting = first.future(request, TIMEOUT)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+            waiting = predict.future(request, TIMEOUT)
             time.sleep(0.5)
             with pytest.raises(grpc.RpcError) as raised:
-                second(request, TIMEOUT)
+                predict(request, TIMEOUT)
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert len(waiting.result().outputs["classes"].int64_val) == 1
+
+
+def test_many_clients_sharing_one_connection_all_get_answers(export_dir, bordered_arrays):
+    # Channels to one address share a connection; none of 32 busy clients may be refused.
+    with grpc_server(export_dir, None) as (port, _):
+        request = _request(os.path.basename(export_dir), bordered_arrays.x_test[:1])
+        failures = []
+
+        def client() -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+                for _ in range(20):
+                    try:
+                        predict.future(request, TIMEOUT).result()
+                    except grpc.RpcError as e:
+                        failures.append(e.code())
+
+        threads = [threading.Thread(target=client) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
 
 
 def test_an_address_in_use_is_a_one_line_error(export_dir):
