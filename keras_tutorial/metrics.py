@@ -57,4 +57,5 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus's text format, and its content type."""
-        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST
+        return (prometheus_client.generate_latest(self.registry),
+                prometheus_client.CONTENT_TYPE_LATEST)

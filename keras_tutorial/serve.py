@@ -178,8 +178,9 @@ def create_app(repository: Repository,
                              respond=refused)]
     if policy.cors_origins:
         middleware.append(Middleware(
-            CORSMiddleware, allow_origins=sorted(policy.cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Content-Encoding"], max_age=600))
+            CORSMiddleware, allow_origins=sorted(policy.cors_origins),
+            allow_methods=["GET", "POST"], allow_headers=["Content-Type", "Content-Encoding"],
+            max_age=600))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers={404: http_error, 405: http_error,
                                          Exception: internal_error})

@@ -37,7 +37,8 @@ def test_a_predict_request_becomes_numpy_arrays_with_the_same_values():
 
 @pytest.mark.parametrize("text", [
     b"[[1,2],[3]]", b"[[1,2],[]]", b"[[1],[]]", b"[[1,2,3],[4],[5]]",
-    b"[[[1,2],[3,4,5,6]],[[7,8],[]]]", b"[1 2]", b"[1,,2]", b"[01]", b"[+1]", b"[1,2]]", b"[[1,2]", b"[1e999999]", b"[]", b"[[]]"])
+    b"[[[1,2],[3,4,5,6]],[[7,8],[]]]", b"[1 2]", b"[1,,2]", b"[01]", b"[+1]", b"[1,2]]",
+    b"[[1,2]", b"[1e999999]", b"[]", b"[[]]"])
 def test_what_is_not_one_dense_array_of_json_numbers_is_not_lifted(text):
     assert json_arrays.dense_array(text) is None
 

@@ -300,7 +300,8 @@ def test_metrics_count_requests_by_model_version_api_and_status(export_dir):
         call(port, "GET", f"/v1/models/{model}/metadata")
         status, text = _metrics(port)
     assert status == 200
-    line = 'keras_tutorial_requests_total{{api="{}",model="{}",protocol="rest",status="{}",version="{}"}} {}'
+    line = ('keras_tutorial_requests_total{{api="{}",model="{}",protocol="rest",status="{}",'
+            'version="{}"}} {}')
     assert line.format("predict", model, "OK", 1, "3.0") in text, text
     assert line.format("predict", model, "INVALID_ARGUMENT", 1, "1.0") in text, text
     assert line.format("predict", "other", "NOT_FOUND", "", "3.0") in text, text
