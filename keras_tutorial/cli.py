@@ -1,10 +1,14 @@
 """The entry layer every `python -m keras_tutorial.<command>` shares.
 
-A command module defines its flags in a function and ends with `cli.run(main, define_flags)`:
-flags exist only in the process whose command parses them, a `UserError` becomes one line on
+A command module defines its flags in a function and ends with `cli.run(main, define_flags)`.
+Flags exist only in the process whose command parses them, and are checked before TensorFlow
+loads: a command module imports nothing that imports TensorFlow, and its `main` imports the
+modules that do the work, so a mistyped flag is reported at once. `--help` lists the command's
+own flags with their defaults (`--helpfull`: every flag) and exits 0. A `UserError` becomes one line on
 standard error and exit status 2, and so does any error about a file or directory (`error:
-<path>: <reason>`), Python's or TensorFlow's; TensorFlow's start-up chatter is quieted. Library
-modules never read flags.
+<path>: <reason>`), Python's or TensorFlow's; work stopped by a signal (`Interrupted`, or Ctrl-C
+anywhere) is one line and the shell's status for that signal (130, 143), never a traceback;
+TensorFlow's start-up chatter is quieted. Library modules never read flags.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ import tempfile
 from typing import Callable, Iterator, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
-from keras_tutorial.errors import UserError
+from keras_tutorial.errors import Interrupted, UserError
 
 # Command modules import this module before TensorFlow (nothing above imports it): TensorFlow's
-# C++ start-up log (CUDA probing, CPU features) buries what matters. TF_CPP_MIN_LOG_LEVEL=0
-# brings it back.
+# C++ start-up log (CUDA probing, CPU features) buries what matters. TF_CPP_MIN_LOG_LEVEL=0, or
+# a command's --verbosity=1, brings it back.
+_USER_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Native errors that say only that this machine has no GPU, which a CPU-only user need not read.
+_NO_GPU = re.compile(r"failed call to cuInit")
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 # Imported by Keras at start for plotting helpers that no command uses.
 _UNUSED_BY_COMMANDS = "matplotlib"
 # A native log line (absl's format: severity, date, time, thread, file:line]), in the
@@ -64,6 +73,8 @@ def import_tensorflow() -> None:
         finally:
             del sys.modules[_UNUSED_BY_COMMANDS]
         import tensorflow  # noqa: F401, F811
+        # Looks for GPUs now, so that a CPU-only machine's cuInit error is held back too.
+        tensorflow.config.list_physical_devices()
 
 
 @contextlib.contextmanager
@@ -101,9 +112,11 @@ def _without_native_lines(text: str, severities: str) -> str:
     """`text` without the native log records of these severities (continuation lines included)
     and absl's notice that it logs to stderr."""
     dropped = re.compile(_NATIVE_LOG_LINE.format(severities=severities))
+    native = re.compile(_NATIVE_LOG_LINE.format(severities=_SEVERITIES))
     kept, dropping = [], False
     for line in text.splitlines(keepends=True):
-        if dropped.match(line) or line.startswith(_ABSL_NOTICE):
+        if (dropped.match(line) or line.startswith(_ABSL_NOTICE)
+                or native.match(line) and _NO_GPU.search(line)):
             dropping = True
         elif _RECORD_START.match(line):
             dropping = False
@@ -119,31 +132,97 @@ def fail(message: str) -> None:
 
 
 def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> None:
-    """Defines the command's flags, parses them and runs `main`, reporting bad input in a line."""
+    """Defines the command's flags and checks them, then imports TensorFlow quietly and runs
+    `main`, reporting bad input in a line."""
+    command = _command_name(main)
+    defined_before = set(flags.FLAGS)
     define_flags()
-    # TensorFlow's own INFO lines (its Python logger) bury the command's progress.
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    for name in sorted(set(flags.FLAGS) - defined_before):
+        flags.FLAGS.register_key_flag_for_module(command, flags.FLAGS[name])
 
     def reported(argv: list[str]) -> None:
+        _quiet_logs(flags.FLAGS.verbosity)
+        import_tensorflow()
         try:
             main(argv)
         except UserError as e:
             fail(str(e))
+        except Interrupted as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(e.exit_status)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(Interrupted("").exit_status)
         except Exception as e:
             message = file_error(e)
             if message is None:
                 raise  # A bug: its traceback is what helps.
             fail(message)
 
-    app.run(reported, flags_parser=_parse_flags)
+    doc = sys.modules[main.__module__].__doc__ or ""
+    app.run(reported, flags_parser=lambda argv: _parse_flags(command, doc, argv))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a refused flag as one line and exit status 2, not a usage dump."""
+def _command_name(main: Callable) -> str:
+    """The command's module name, `keras_tutorial.train`, also when run as `python -m`."""
+    module = sys.modules[main.__module__]
+    spec = getattr(module, "__spec__", None)
+    return spec.name if spec is not None else main.__module__
+
+
+def _parse_flags(command: str, doc: str, argv: list[str]) -> list[str]:
+    """absl's parsing, with a refused flag as one line and exit status 2, not a usage dump,
+    and `--help` as the command's flags and exit status 0."""
+    ours = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    asked = [arg for arg in ours if arg.split("=")[0] in _HELP_FLAGS]
+    if asked:
+        full = any(arg.startswith("--helpfull") for arg in asked)
+        try:
+            print(command_help(command, doc, full))
+        except BrokenPipeError:  # `--help | head`: the reader has what it wanted.
+            sys.stdout = None
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         fail(str(e))
+
+
+def command_help(command: str, doc: str, full: bool = False) -> str:
+    """The command's docstring, then its flags with their defaults (every flag if `full`)."""
+    listed = flags.FLAGS.get_help() if full else "\n".join(
+        line for line in flags.FLAGS.module_help(command).splitlines()
+        if line.strip() != f"{command}:").strip("\n")
+    return (f"{doc.strip()}\n\nFlags:\n{listed}\n\n--verbosity=1 also shows TensorFlow's own log lines; "
+            "--helpfull lists every flag.")
+
+
+def _quiet_logs(verbosity: int) -> None:
+    """Below --verbosity=1, the command's log lines read `12:03:04 message`, and lines that
+    other libraries write at INFO (TensorFlow's saver, its SavedModel writer) are dropped, as
+    are TensorFlow's native lines below errors; at 1 or more, everything is shown, in absl's
+    full format."""
+    if verbosity >= 1:
+        if _USER_LOG_LEVEL is None:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    handler = absl_logging.get_absl_handler()
+    handler.addFilter(
+        lambda record: record.levelno >= logging.WARNING or record.pathname.startswith(ours))
+    handler.setFormatter(_PlainFormatter())
+
+
+class _PlainFormatter(logging.Formatter):
+    """`12:03:04 message`, with `warning: ` or `error: ` before messages of those levels."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{record.asctime} {prefix}{record.message}"
 
 
 def file_error(error: Exception) -> str | None:
@@ -166,7 +245,8 @@ def file_error(error: Exception) -> str | None:
 def no_arguments(argv: list[str]) -> None:
     """Rejects positional arguments, for commands that take flags only."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (this command takes "
+                        "flags only; --help lists them)")
 
 
 def define_version_flags(what: str) -> None:

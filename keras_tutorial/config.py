@@ -1,7 +1,10 @@
-"""Every setting of a training run and its default, each defined once, checked in one place.
+"""Every setting of a training run, its choices and its default, each defined once, checked in
+one place.
 
 `TrainConfig()` holds the defaults that `python -m keras_tutorial.train --help` shows; `None`
-means "the model's own", filled in by `resolved()` from `MODEL_DEFAULTS`.
+means "the model's own", filled in by `resolved()` from `MODEL_DEFAULTS`. This module imports
+no TensorFlow, so that the commands check their flags before TensorFlow loads; the modules
+that build models, data and strategies take their choices from here.
 """
 
 from __future__ import annotations
@@ -10,8 +13,21 @@ import dataclasses
 import math
 import os
 
-from keras_tutorial import data, distribute, models, objectives
 from keras_tutorial.errors import UserError
+
+MODELS = ("mlp", "cnn", "lstm")
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+POOLINGS = ("max", "average")
+TFDS_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+DATASETS = TFDS_DATASETS + ("synthetic",)
+AUGMENTATIONS = ("none", "flip")
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "mean_squared_error")
+SGD_MOMENTUM = 0.9
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_CHOICES = ("auto", "true", "false")
+FAST_PATH_CHOICES = ("auto", "true", "false")
 
 # Per-model defaults, tuned so that `--model=M` alone reaches the accuracies in docs/accuracy.md.
 # Learning rates are for Adam at a global batch of REFERENCE_BATCH_SIZE (`scaled_learning_rate`).
@@ -22,7 +38,7 @@ MODEL_DEFAULTS = {
 }
 SGD_LEARNING_RATE = 0.05
 REFERENCE_BATCH_SIZE = 128
-AUGMENT_CHOICES = ("auto",) + data.AUGMENTATIONS
+AUGMENT_CHOICES = ("auto",) + AUGMENTATIONS
 # Datasets whose labels survive a left-right mirror: a mirrored shoe is a shoe, a mirrored 7 is
 # not a 7.
 MIRROR_SAFE_DATASETS = ("fashion_mnist",)
@@ -86,13 +102,12 @@ class TrainConfig:
         return {name: getattr(self, name) for name in RUN_IDENTITY}
 
     def _check(self) -> None:
-        for name, choices in (("model", models.MODELS), ("dataset", data.DATASETS),
-                              ("optimizer", objectives.OPTIMIZERS), ("loss", objectives.LOSSES),
-                              ("activation", models.ACTIVATIONS), ("pooling", models.POOLINGS),
-                              ("augment", AUGMENT_CHOICES), ("strategy", distribute.STRATEGIES),
-                              ("precision", distribute.PRECISIONS),
-                              ("jit_compile", distribute.JIT_CHOICES),
-                              ("fast_paths", distribute.FAST_PATH_CHOICES)):
+        for name, choices in (("model", MODELS), ("dataset", DATASETS),
+                              ("optimizer", OPTIMIZERS), ("loss", LOSSES),
+                              ("activation", ACTIVATIONS), ("pooling", POOLINGS),
+                              ("augment", AUGMENT_CHOICES), ("strategy", STRATEGIES),
+                              ("precision", PRECISIONS), ("jit_compile", JIT_CHOICES),
+                              ("fast_paths", FAST_PATH_CHOICES)):
             if getattr(self, name) not in choices:
                 raise UserError(f"unknown {name} '{getattr(self, name)}', expected one of "
                                 f"{', '.join(choices)}")

@@ -21,11 +21,9 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from keras_tutorial.config import AUGMENTATIONS, DATASETS, TFDS_DATASETS  # noqa: F401
 from keras_tutorial.errors import UserError
 
-TFDS_DATASETS = ("mnist", "fashion_mnist", "kmnist")
-DATASETS = TFDS_DATASETS + ("synthetic",)
-AUGMENTATIONS = ("none", "flip")
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 

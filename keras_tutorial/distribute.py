@@ -18,12 +18,10 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from keras_tutorial.config import (FAST_PATH_CHOICES, JIT_CHOICES, PRECISIONS,  # noqa: F401
+                                   STRATEGIES)
 from keras_tutorial.errors import UserError
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-JIT_CHOICES = ("auto", "true", "false")
-FAST_PATH_CHOICES = ("auto", "true", "false")
 
 # XLA per device kind and model, as measured (benchmarks/README.md): on CPUs it slowed every
 # model; on accelerators it fuses the many small ops, except that the LSTM on a GPU would lose

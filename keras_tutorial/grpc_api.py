@@ -38,7 +38,6 @@ from keras_tutorial.errors import UserError
 from keras_tutorial.metrics import Metrics
 from keras_tutorial.repository import Repository, Version
 
-DEFAULT_PORT = 8500  # TF Serving's gRPC port.
 DEFAULT_MAX_WORKERS = 32  # Enough concurrent calls to fill a batch of --max_batch_size 32.
 DEFAULT_MAX_CONCURRENT_RPCS = 64  # Running or waiting for a worker; more get RESOURCE_EXHAUSTED.
 # An answer takes up to ~55 bytes an example (10 floats, a class, its name); a request can
@@ -317,7 +316,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                       "supported by this server: it serves the versions of one export directory")
 
 
-def start_server(repository: Repository, host: str, port: int = DEFAULT_PORT,
+def start_server(repository: Repository, host: str, port: int,
                  metrics: Metrics | None = None,
                  max_message_bytes: int = guard.DEFAULT_MAX_REQUEST_BYTES,
                  max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,

@@ -13,12 +13,10 @@ import keras
 from keras import layers, ops
 
 from keras_tutorial import fastpath
+from keras_tutorial.config import ACTIVATIONS, MODELS, POOLINGS  # noqa: F401
 from keras_tutorial.data import IMAGE_SHAPE, NUM_CLASSES
 from keras_tutorial.errors import UserError
 
-MODELS = ("mlp", "cnn", "lstm")
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
-POOLINGS = ("max", "average")
 
 
 class ModelError(UserError):

@@ -8,10 +8,8 @@ import keras
 import tensorflow as tf
 
 from keras_tutorial import data, fastpath
+from keras_tutorial.config import LOSSES, OPTIMIZERS, SGD_MOMENTUM  # noqa: F401
 
-OPTIMIZERS = ("adam", "sgd")
-LOSSES = ("cross_entropy", "mean_squared_error")
-SGD_MOMENTUM = 0.9
 
 
 # Registered so that a compiled model can be cloned or saved with its loss.

@@ -13,11 +13,7 @@ import os
 
 from absl import flags
 
-from keras_tutorial import cli
-
-cli.import_tensorflow()  # Before any module that imports TensorFlow.
-
-from keras_tutorial import config, data, distribute, experiment, models, objectives  # noqa: E402
+from keras_tutorial import cli, config
 
 DEFAULTS = config.TrainConfig()
 PRINTED = ("model", "dataset", "test_accuracy", "train_examples_per_sec", "wall_seconds",
@@ -30,8 +26,8 @@ def _per_model(key: str) -> str:
 
 def define_flags() -> None:
     d = DEFAULTS
-    flags.DEFINE_enum("model", d.model, models.MODELS, "Architecture to train.")
-    flags.DEFINE_enum("dataset", d.dataset, data.DATASETS,
+    flags.DEFINE_enum("model", d.model, config.MODELS, "Architecture to train.")
+    flags.DEFINE_enum("dataset", d.dataset, config.DATASETS,
                       "A TFDS name, or 'synthetic' for learnable random data.")
     flags.DEFINE_string("data_dir", d.data_dir, "A directory with the four IDX files or "
                         "mnist.npz (read directly), or else TFDS's data directory.")
@@ -43,12 +39,12 @@ def define_flags() -> None:
                        f"(default, adam: {_per_model('learning_rate')}; sgd: "
                        f"{config.SGD_LEARNING_RATE}; for a batch of {config.REFERENCE_BATCH_SIZE}, "
                        "scaled to --batch_size by the square root (adam) or linearly (sgd)).")
-    flags.DEFINE_enum("optimizer", d.optimizer, objectives.OPTIMIZERS,
-                      f"sgd has momentum {objectives.SGD_MOMENTUM}.")
-    flags.DEFINE_enum("loss", d.loss, objectives.LOSSES, "Loss on the softmax output.")
-    flags.DEFINE_enum("activation", d.activation, models.ACTIVATIONS,
+    flags.DEFINE_enum("optimizer", d.optimizer, config.OPTIMIZERS,
+                      f"sgd has momentum {config.SGD_MOMENTUM}.")
+    flags.DEFINE_enum("loss", d.loss, config.LOSSES, "Loss on the softmax output.")
+    flags.DEFINE_enum("activation", d.activation, config.ACTIVATIONS,
                       "Hidden activation (mlp and cnn).")
-    flags.DEFINE_enum("pooling", d.pooling, models.POOLINGS, "Pooling (cnn).")
+    flags.DEFINE_enum("pooling", d.pooling, config.POOLINGS, "Pooling (cnn).")
     flags.DEFINE_bool("batch_norm", d.batch_norm, "Batch normalisation in each conv block (cnn).")
     flags.DEFINE_enum("augment", d.augment, config.AUGMENT_CHOICES, "flip: mirror a random half "
                       "of each training batch, and predict with the mean of the logits of each "
@@ -65,22 +61,22 @@ def define_flags() -> None:
     flags.DEFINE_string("export_dir", d.export_dir, "SavedModel versions 1, 2, ... go here "
                         "(default: saved_models/<model>).")
     flags.DEFINE_bool("export", d.export, "Export a SavedModel after training.")
-    flags.DEFINE_enum("strategy", d.strategy, distribute.STRATEGIES, "tf.distribute strategy. "
+    flags.DEFINE_enum("strategy", d.strategy, config.STRATEGIES, "tf.distribute strategy. "
                       "auto: multi_worker if TF_CONFIG lists several workers, tpu if one is "
                       "found, mirrored on several GPUs, one_device on one, else default.")
     flags.DEFINE_integer("cpu_replicas", d.cpu_replicas, "Split the CPU into this many logical "
                          "devices, so that --strategy=mirrored has replicas without GPUs.",
                          lower_bound=1)
     flags.DEFINE_integer("intra_op_threads", d.intra_op_threads, "Threads one op may use (0: "
-                         "TensorFlow's default, every core). Default: on CPU-only machines "
-                         f"{_threads_on_cpu()}; else 0.", lower_bound=0)
-    flags.DEFINE_enum("precision", d.precision, distribute.PRECISIONS,
+                         "TensorFlow's default, every core). Default: chosen for the machine, "
+                         "where measured to pay (docs/training.md).", lower_bound=0)
+    flags.DEFINE_enum("precision", d.precision, config.PRECISIONS,
                       "auto: mixed_bfloat16 on TPUs and GPUs of compute capability >= 8.0, "
                       "mixed_float16 (with loss scaling) on older GPUs, float32 on CPUs.")
-    flags.DEFINE_enum("jit_compile", d.jit_compile, distribute.JIT_CHOICES, "XLA-compile the "
+    flags.DEFINE_enum("jit_compile", d.jit_compile, config.JIT_CHOICES, "XLA-compile the "
                       "training step; auto: on GPUs (not the LSTM, which keeps cuDNN) and TPUs, "
                       "never on CPUs, as measured.")
-    flags.DEFINE_enum("fast_paths", d.fast_paths, distribute.FAST_PATH_CHOICES, "Fused "
+    flags.DEFINE_enum("fast_paths", d.fast_paths, config.FAST_PATH_CHOICES, "Fused "
                       "optimizer and batch-norm kernels, and the LSTM's and MLP's batch slices "
                       "(fastpath.py, loop.py); auto: on CPUs only, where they were measured to "
                       "pay.")
@@ -95,13 +91,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("verbose", d.verbose, "Show a progress bar during each epoch.")
 
 
-def _threads_on_cpu() -> str:
-    return ", ".join(f"{threads} for the {model.upper()} on {vendor} CPUs"
-                     + (" of 2 cores" if model == "lstm" else "")
-                     for (model, vendor), threads in distribute.INTRA_OP_THREADS_ON_CPU.items())
-
-
 def main(argv: list[str]) -> None:
+    from keras_tutorial import distribute, experiment  # TensorFlow, once the flags are good.
+
     cli.no_arguments(argv)
     values = flags.FLAGS
     train_config = config.TrainConfig(**{field.name: values[field.name].value

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import uvicorn
 
-from keras_tutorial import guard, serve
+from keras_tutorial import app, guard
 from keras_tutorial.batching import Batcher
 from keras_tutorial.metrics import Metrics
 from keras_tutorial.repository import Repository
@@ -37,7 +37,7 @@ def running_server(export_dir: str, name: str | None = None, batcher: Batcher | 
     sock = socket.create_server(("127.0.0.1", 0))
     metrics = options.setdefault("metrics", Metrics(repository.name))
     server = uvicorn.Server(uvicorn.Config(
-        serve.create_app(repository, **options), log_level="warning",
+        app.create_app(repository, **options), log_level="warning",
         http=guard.protocol(header_seconds, max_connections, metrics.refused)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -1,8 +1,10 @@
-"""The entry layer: a UserError is one line and exit status 2, for every command."""
+"""The entry layer: a UserError is one line and exit status 2, for every command; flags are
+checked before TensorFlow loads; help lists each command's flags; the console is quiet."""
 
 import errno
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -33,12 +35,53 @@ def test_library_imports_leave_the_environment_alone():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# The flags each command's --help must list: its own and those it shares through cli.py.
+HELP_FLAGS = {
+    "train": ["--model", "--dataset", "--data_dir", "--epochs", "--batch_size", "--workdir",
+              "--export_dir", "--strategy", "--verbose"],
+    "predict": ["--export_dir", "--version", "--dataset", "--data_dir", "--max_examples",
+                "--split", "--format"],
+    "evaluate": ["--export_dir", "--version", "--dataset", "--data_dir", "--max_examples",
+                 "--split", "--output_dir"],
+    "tflite": ["--export_dir", "--version", "--dataset", "--data_dir", "--max_examples"],
+    "launch": ["--workers", "--timeout", "--grace_seconds"],
+    "serve": ["--export_dir", "--host", "--port", "--grpc_port", "--max_request_bytes",
+              "--allowed_hosts", "--cors_origin", "--enable_batching"],
+}
+
+
+def _command(*args: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+                          **options)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_lists_the_commands_flags_with_their_defaults_and_exits_0(command):
+    shown = _command("-m", f"keras_tutorial.{command}", "--help")
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr[-2000:]
+    for flag in HELP_FLAGS[command]:
+        assert re.search(rf"^  {flag}: |^  --\[no\]{flag[2:]}: ", shown.stdout, re.MULTILINE), flag
+    assert "(default: " in shown.stdout and "--helpfull" in shown.stdout
+    full = _command("-m", f"keras_tutorial.{command}", "--helpfull")
+    assert full.returncode == 0 and "--verbosity" in full.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_bad_flag_is_one_line_before_tensorflow_loads(command):
+    # Whether TensorFlow was imported, said as the process exits.
+    script = ("import atexit, runpy, sys; atexit.register(lambda: print('tensorflow' in "
+              f"sys.modules)); sys.argv = ['{command}', '--epohcs=3']; "
+              f"runpy.run_module('keras_tutorial.{command}', run_name='__main__')")
+    result = _command("-c", script)
+    assert result.returncode == 2
+    line, = result.stderr.splitlines()  # train adds "Did you mean: epochs ?".
+    assert line.startswith("error: Unknown command line flag 'epohcs'")
+    assert result.stdout.strip() == "False"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_help_and_reports_bad_input_in_one_line(command, tmp_path):
-    shown = subprocess.run([sys.executable, "-m", f"keras_tutorial.{command}", "--help"],
-                           capture_output=True, text=True, timeout=120)
-    assert "--" in shown.stdout and "Traceback" not in shown.stderr  # absl exits 1 on --help.
+def test_every_command_reports_bad_input_in_one_line(command, tmp_path):
     if command == "launch":
         return  # It has no input of its own to be wrong: its workers report theirs.
     flags = {"train": ["--dataset=fashion_mnist", f"--data_dir={tmp_path}/none"],
@@ -46,28 +89,64 @@ def test_every_command_has_help_and_reports_bad_input_in_one_line(command, tmp_p
              "evaluate": [f"--export_dir={tmp_path}/none"],
              "tflite": [f"--export_dir={tmp_path}/none"],
              "serve": [f"--export_dir={tmp_path}/none", "--port=0"]}[command]
-    result = subprocess.run([sys.executable, "-m", f"keras_tutorial.{command}", *flags],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = _command("-m", f"keras_tutorial.{command}", *flags, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert f"{tmp_path}/none" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
+def test_predict_with_nothing_to_classify_says_so_in_one_line():
+    result = _command("-m", "keras_tutorial.predict", "--export_dir=saved_models/cnn")
+    assert result.returncode == 2
+    assert result.stderr == ("error: nothing to classify: pass image or IDX files after the "
+                             "flags, or --dataset\n")
+
+
 @pytest.mark.parametrize("command", COMMANDS + ["configurations"])
-def test_commands_start_quietly_and_without_matplotlib(command):
-    # Keras imports matplotlib for plots no command draws: 0.5-0.7 s of every start-up.
-    # The evaluate command draws, with matplotlib imported itself; launch needs no TensorFlow.
-    # TensorFlow's native INFO and WARNING lines are held back.
+def test_commands_import_neither_tensorflow_nor_matplotlib_until_their_flags_are_good(command):
+    # Keras imports matplotlib for plots no command draws: 0.5-0.7 s of every start-up; and
+    # TensorFlow takes seconds, which a mistyped flag should not wait for.
     script = (f"import sys, keras_tutorial.{command}; "
               "print(' '.join(m for m in ('matplotlib', 'keras', 'tensorflow') "
               "if m in sys.modules) or '-')")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = _command("-c", script)
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = {"evaluate": "matplotlib keras tensorflow", "launch": "-"}
-    assert result.stdout.strip().splitlines()[-1] == expected.get(command, "keras tensorflow")
-    assert not re.search(r"^[IW]\d{4} |InitializeLog", result.stderr, re.MULTILINE), result.stderr
+    expected = {"configurations": "keras tensorflow"}  # A developer's tool, run on a GPU.
+    assert result.stdout.strip().splitlines()[-1] == expected.get(command, "-")
+
+
+@pytest.mark.slow
+def test_a_command_is_quiet_by_default_and_tells_everything_when_asked(tmp_path, export_dir):
+    (tmp_path / "digit.png").write_bytes(tf.io.encode_png(tf.zeros([28, 28, 1], tf.uint8)).numpy())
+    run = ["-m", "keras_tutorial.predict", f"--export_dir={export_dir}", "digit.png"]
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = _command(*run, cwd=tmp_path, env=env)
+    assert quiet.returncode == 0 and "digit.png" in quiet.stdout, quiet.stderr[-2000:]
+    assert quiet.stderr == "", quiet.stderr[-2000:]
+    told = _command(*run, "--verbosity=1", cwd=tmp_path, env=env)
+    assert told.returncode == 0
+    assert re.search(r"^[IWE]\d{4} ", told.stderr, re.MULTILINE), told.stderr[-2000:]
+
+
+INTERRUPTED = textwrap.dedent("""
+    import signal, sys
+    from keras_tutorial import cli
+    from keras_tutorial.errors import Interrupted
+    def main(argv):
+        if sys.argv[1] == "term":
+            raise Interrupted("interrupted at epoch 4, step 256: run the same command to resume",
+                              signal.SIGTERM)
+        raise KeyboardInterrupt
+    cli.run(main, lambda: None)
+""")
+
+
+def test_an_interrupt_is_one_line_and_the_shells_exit_status():
+    term = _command("-c", INTERRUPTED, "term")
+    assert (term.returncode, term.stderr) == (
+        128 + signal.SIGTERM, "interrupted at epoch 4, step 256: run the same command to resume\n")
+    ctrl_c = _command("-c", INTERRUPTED, "int")
+    assert (ctrl_c.returncode, ctrl_c.stderr) == (130, "interrupted\n")
 
 
 CHATTER = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
@@ -75,15 +154,19 @@ CHATTER = ("WARNING: All log messages before absl::InitializeLog() is called are
            "I0000 00:00:1796276230.923707   21873 port.cc:153] oneDNN custom operations are on.\n"
            "I0000 00:00:1796276234.023186   21873 cpu_feature_guard.cc:227] This TensorFlow binary"
            " is optimized\nTo enable the following instructions: AVX2 FMA, rebuild TensorFlow.\n")
-REAL_ERROR = "E0000 00:00:1796275628.768471   16819 cuda_platform.cc:52] failed call to cuInit\n"
+REAL_ERROR = "E0000 00:00:1796275628.768471   16819 op_kernel.cc:1857] a real error\n"
+NO_GPU = "E0000 00:00:1796275628.768471   16819 cuda_platform.cc:52] failed call to cuInit\n"
 
 
 def _import_fake_tensorflow(tmp_path, body, **env):
     # A stand-in TensorFlow whose import writes native log lines to file descriptor 2; the
     # script prints whether matplotlib was imported, and from where TensorFlow was.
     (tmp_path / "tensorflow").mkdir(exist_ok=True)
+    # Its device probe writes the error of a machine without a GPU.
     (tmp_path / "tensorflow" / "__init__.py").write_text(
-        f"import os\nos.write(2, {(CHATTER + REAL_ERROR).encode()!r})\n{body}\n")
+        f"import os, types\nos.write(2, {(CHATTER + REAL_ERROR).encode()!r})\n"
+        f"config = types.SimpleNamespace(list_physical_devices=lambda: os.write(2, "
+        f"{NO_GPU.encode()!r}))\n{body}\n")
     script = ("import sys; from keras_tutorial import cli; cli.import_tensorflow(); "
               "print('matplotlib' in sys.modules, sys.modules['tensorflow'].__file__)")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -94,7 +177,7 @@ def _stand_in(tmp_path):
     return str(tmp_path / "tensorflow" / "__init__.py")
 
 
-def test_tensorflow_import_keeps_only_native_errors(tmp_path):
+def test_tensorflow_import_keeps_only_native_errors_that_matter(tmp_path):
     result = _import_fake_tensorflow(tmp_path, "")
     assert result.returncode == 0 and result.stdout.split() == ["False", _stand_in(tmp_path)]
     assert result.stderr == REAL_ERROR
@@ -102,7 +185,7 @@ def test_tensorflow_import_keeps_only_native_errors(tmp_path):
 
 def test_tensorflow_import_shows_everything_when_asked_or_when_it_fails(tmp_path):
     asked = _import_fake_tensorflow(tmp_path, "", TF_CPP_MIN_LOG_LEVEL="0")
-    assert asked.returncode == 0 and asked.stderr == CHATTER + REAL_ERROR
+    assert asked.returncode == 0 and asked.stderr == CHATTER + REAL_ERROR + NO_GPU
     failed = _import_fake_tensorflow(tmp_path, "raise RuntimeError('broken install')")
     assert failed.returncode == 1
     assert failed.stderr.startswith(CHATTER + REAL_ERROR)

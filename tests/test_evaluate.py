@@ -7,26 +7,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, evaluate, versions
+from keras_tutorial import data, evaluation, versions
 from keras_tutorial.errors import UserError
 
 
 def test_confusion_matrix_counts_true_against_predicted():
-    matrix = evaluate.confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0]),
+    matrix = evaluation.confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0]),
                                        num_classes=3)
     np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
 
 
 def test_report_on_the_recorded_dataset(export_dir, bordered_arrays):
-    evaluation = evaluate.evaluate(export_dir)  # Dataset and data_dir from export_info.json.
-    np.testing.assert_array_equal(evaluation.labels, bordered_arrays.y_test)
+    evaluated = evaluation.evaluate(export_dir)  # Dataset and data_dir from export_info.json.
+    np.testing.assert_array_equal(evaluated.labels, bordered_arrays.y_test)
     serve = tf.saved_model.load(os.path.join(export_dir, "1")).signatures["serving_default"]
     classes = serve(images=tf.constant(bordered_arrays.x_test))["classes"].numpy()
-    result = evaluate.report(evaluation)
+    result = evaluation.report(evaluated)
     assert result["examples"] == len(classes)
     assert result["accuracy"] == np.mean(classes == bordered_arrays.y_test)
     matrix = np.array(result["confusion_matrix"])
-    assert matrix.sum() == len(classes) and np.trace(matrix) == np.sum(classes == evaluation.labels)
+    assert matrix.sum() == len(classes) and np.trace(matrix) == np.sum(classes == evaluated.labels)
     names = data.CLASS_NAMES["fashion_mnist"]
     assert list(result["per_class_accuracy"]) == list(names)
     for i, name in enumerate(names):
@@ -42,11 +42,11 @@ def _cli(*args):
 def test_cli_prints_and_writes_the_report_and_pictures(export_dir, tmp_path):
     result = _cli(f"--export_dir={export_dir}", f"--output_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(tmp_path / "out" / evaluate.EVALUATION_FILE) as f:
+    with open(tmp_path / "out" / evaluation.EVALUATION_FILE) as f:
         written = json.load(f)
     assert f"accuracy {written['accuracy']:.4f}" in result.stdout
     assert "Ankle boot" in result.stdout
-    for name in (evaluate.CONFUSION_FILE, evaluate.MISTAKES_FILE):
+    for name in (evaluation.CONFUSION_FILE, evaluation.MISTAKES_FILE):
         picture = tf.io.decode_png((tmp_path / "out" / name).read_bytes())
         assert picture.shape[0] > 100 and picture.shape[1] > 500
 
@@ -54,14 +54,14 @@ def test_cli_prints_and_writes_the_report_and_pictures(export_dir, tmp_path):
 def test_bad_input_writes_nothing(tmp_path, export_dir):
     (tmp_path / "export").mkdir()
     with pytest.raises(versions.ExportError) as excinfo:
-        evaluate.run(str(tmp_path / "export"), str(tmp_path / "out"))
+        evaluation.run(str(tmp_path / "export"), str(tmp_path / "out"))
     assert str(excinfo.value) == f"export directory {tmp_path / 'export'} has no versions " \
         "(numbered directories 1, 2, ... that an export writes)"
     (tmp_path / "file").write_text("mine")
     with pytest.raises(UserError, match="exists and is not a directory"):
-        evaluate.run(export_dir, str(tmp_path / "file"))
+        evaluation.run(export_dir, str(tmp_path / "file"))
     with pytest.raises(data.DataError, match="does not exist"):
-        evaluate.run(export_dir, str(tmp_path / "out"), data_dir=str(tmp_path / "nowhere"),
+        evaluation.run(export_dir, str(tmp_path / "out"), data_dir=str(tmp_path / "nowhere"),
                      dataset="mnist")
     assert sorted(os.listdir(tmp_path)) == ["export", "file"]
     assert (tmp_path / "file").read_text() == "mine"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, predict, versions
+from keras_tutorial import classify, data, versions
 from keras_tutorial.errors import UserError
 from conftest import idx_bytes
 
@@ -51,15 +51,15 @@ def test_cli_classifies_png_jpeg_and_idx_files(tmp_path, export_dir, bordered_ar
 def test_table_lists_file_class_name_and_probability(export_dir, tmp_path, bordered_arrays):
     path = tmp_path / "shoe.png"
     path.write_bytes(tf.io.encode_png(bordered_arrays.x_test[0]).numpy())
-    rows = predict.predict(export_dir, [str(path)])
-    lines = predict.format_table(rows).splitlines()
+    rows = classify.classify(export_dir, [str(path)])
+    lines = classify.format_table(rows).splitlines()
     assert lines[0].split() == ["file", "class", "probability"]
     assert lines[1].startswith(str(path)) and rows[0]["class_name"] in lines[1]
     assert lines[1].endswith(f"{rows[0]['probability']:.4f}")
 
 
 def test_dataset_split(export_dir, bordered_idx_dir, bordered_arrays):
-    rows = predict.predict(export_dir, [], dataset="fashion_mnist", data_dir=bordered_idx_dir,
+    rows = classify.classify(export_dir, [], dataset="fashion_mnist", data_dir=bordered_idx_dir,
                            max_examples=30)
     assert [row["file"] for row in rows[:2]] == ["fashion_mnist:test[0]", "fashion_mnist:test[1]"]
     np.testing.assert_array_equal([row["class"] for row in rows],
@@ -83,7 +83,7 @@ def _write(path, content):
 ])
 def test_bad_input_files_are_one_line_errors(export_dir, tmp_path, make_input, message):
     with pytest.raises(UserError) as excinfo:
-        predict.predict(export_dir, [make_input(tmp_path)])
+        classify.classify(export_dir, [make_input(tmp_path)])
     assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
@@ -100,7 +100,7 @@ def test_unusable_export_dirs_are_one_line_errors(export_dir, tmp_path, bordered
     break_it(directory)
     image = _write(tmp_path / "image.png", tf.io.encode_png(bordered_arrays.x_test[0]).numpy())
     with pytest.raises(versions.ExportError) as excinfo:
-        predict.predict(str(directory), [image], version=version)
+        classify.classify(str(directory), [image], version=version)
     assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 

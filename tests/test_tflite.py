@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import export, files, models, tflite, versions
+from keras_tutorial import export, files, models, tflite_models, versions
 
 
 def _serve(loaded, images):
@@ -28,7 +28,7 @@ def test_export_serves_and_converts_to_builtin_tflite_as_it_predicts(
     images = bordered_arrays.x_test[:20]
     expected = _serve(tf.saved_model.load(path), images)["probabilities"]
     np.testing.assert_allclose(expected, tf.nn.softmax(model(images)).numpy(), atol=1e-6)
-    interpreter = tf.lite.Interpreter(model_content=tflite.to_tflite(path, "float"))
+    interpreter = tf.lite.Interpreter(model_content=tflite_models.to_tflite(path, "float"))
     converted = interpreter.get_signature_runner("serving_default")(images=images)
     np.testing.assert_allclose(converted["probabilities"], expected, atol=1e-5)
 
@@ -41,7 +41,7 @@ def test_rolled_lstm_saved_model_is_a_clear_tflite_error(tmp_path):
                          input_signature=[tf.TensorSpec((None, 28, 28, 1), tf.uint8)])
     archive.write_out(str(tmp_path / "1"), verbose=False)
     with pytest.raises(versions.ExportError) as excinfo:
-        tflite.to_tflite(str(tmp_path / "1"), "float")
+        tflite_models.to_tflite(str(tmp_path / "1"), "float")
     message = str(excinfo.value)
     assert "\n" not in message and "tf.TensorListReserve" in message
     assert "TF select ops" in message and "export the model again" in message
@@ -52,7 +52,7 @@ def test_tflite_models_keep_the_saved_model_s_accuracy(export_dir, tmp_path, bor
     gone = subprocess.Popen(["true"])
     gone.wait()  # A conversion killed mid-write leaves its staging directory behind.
     os.makedirs(directory / "tflite" / files.staging_name(socket.gethostname(), gone.pid, "0dead"))
-    target, report = tflite.write_tflite(str(directory))
+    target, report = tflite_models.write_tflite(str(directory))
     assert target == str(directory / "tflite" / "1")
     assert os.listdir(directory / "tflite") == ["1"]
     assert sorted(os.listdir(target)) == ["dynamic_range.tflite", "float.tflite",
@@ -62,7 +62,7 @@ def test_tflite_models_keep_the_saved_model_s_accuracy(export_dir, tmp_path, bor
     assert report["dynamic_range"]["accuracy"] >= report["saved_model_accuracy"] - 0.02
     assert report["dynamic_range"]["bytes"] < report["float"]["bytes"] / 3
     with open(os.path.join(target, "dynamic_range.tflite"), "rb") as f:
-        classes = tflite.tflite_classes(f.read(), bordered_arrays.x_test)
+        classes = tflite_models.tflite_classes(f.read(), bordered_arrays.x_test)
     assert np.mean(classes == bordered_arrays.y_test) == report["dynamic_range"]["accuracy"]
     with pytest.raises(versions.ExportError, match="already exists: delete it"):
-        tflite.write_tflite(str(directory))
+        tflite_models.write_tflite(str(directory))
