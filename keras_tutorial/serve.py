@@ -19,9 +19,17 @@ import socket
 from typing import TYPE_CHECKING, NamedTuple
 
 from absl import flags
-import uvicorn
 
-from keras_tutorial import cli, guard
+from keras_tutorial import cli
+
+try:
+    import uvicorn
+
+    from keras_tutorial import guard
+except ModuleNotFoundError as missing:  # Starlette or uvicorn: the serve extra.
+    cli.fail(f"{missing.name} is not installed: serving needs the serve extra, "
+             "pip install 'keras-tutorial[serve]'")
+
 from keras_tutorial.batching import Batcher
 from keras_tutorial.errors import UserError
 from keras_tutorial.metrics import Metrics

@@ -264,3 +264,20 @@ def test_a_path_error_in_any_command_is_one_line_and_exit_status_2(tmp_path):
     bug = subprocess.run([sys.executable, "-c", COMMAND, "bug"], capture_output=True, text=True,
                          timeout=60)
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr
+
+
+def test_one_entry_point_runs_every_command():
+    # `pip install` puts the console script beside the interpreter.
+    script = os.path.join(os.path.dirname(sys.executable), "keras-tutorial")
+    assert os.path.exists(script), "reinstall the package: pip install -e '.[test,serve]'"
+    for program in ([script], [sys.executable, "-m", "keras_tutorial"]):
+        listed = subprocess.run([*program, "--help"], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0
+        assert all(f"  {command} " in listed.stdout for command in COMMANDS), listed.stdout
+        shown = subprocess.run([*program, "predict", "--help"], capture_output=True, text=True,
+                               timeout=60)
+        assert shown.returncode == 0 and "  --export_dir: " in shown.stdout
+        wrong = subprocess.run([*program, "trian"], capture_output=True, text=True, timeout=60)
+        assert wrong.returncode == 2
+        assert wrong.stderr == ("error: unknown command 'trian', expected one of train, predict, "
+                                "evaluate, tflite, serve, launch\n")
