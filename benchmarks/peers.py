@@ -1,5 +1,5 @@
 """This project against what a user would pick instead, PyTorch and stock Keras 3 on JAX, on
-the same three networks, data, batch and optimizer (issue 16).
+the same three networks, data, batch and optimizer.
 
 Every run is a fresh process of one framework and one model (`peer_project.py`,
 `peer_torch.py`, `peer_keras_jax.py`) on the same arrays, saved once to an .npz. Rounds
@@ -30,7 +30,8 @@ from keras_tutorial.config import TrainConfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEGIN = "<!-- peers:begin (written by python -m benchmarks.run) -->"
 END = "<!-- peers:end -->"
-# Test accuracy each model must reach on Fashion-MNIST (issue 16); other datasets have none.
+# Test accuracy each model must reach on Fashion-MNIST (benchmarks/README.md, Goals); other
+# datasets have none.
 TARGETS = {"fashion_mnist": {"mlp": 0.88, "cnn": 0.92, "lstm": 0.88}}
 RUN_TIMEOUT_S = 3600
 

@@ -187,7 +187,7 @@ def render(results: dict) -> str:
          "over the MLP's pipeline alone in the same process, each run in a fresh process, one "
          "right after the other; the targets use the median over rounds.", ""]
         + interleaved_table(results),
-        ["### Targets of issue 6", ""] + targets_table(results),
+        ["### Speed targets", ""] + targets_table(results),
         ["### First epoch", "",
          "The training loop traces its step before the first epoch's clock starts (first "
          "column, not part of the epoch). What else the first epoch spends, estimated from two "

@@ -562,7 +562,8 @@ def model_figures(raw: dict, baselines: dict[str, float], peak: float) -> dict:
 
 
 def targets(results: dict) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it was met."""
+    """The speed targets (benchmarks/README.md, Goals), each with its measured value and
+    whether it was met."""
     found = results["models"]
     rows = []
 
