@@ -7,6 +7,8 @@ dataset splits, already 28x28 pixels, go through `serving_default`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -39,71 +41,110 @@ def idx_images(path: str) -> np.ndarray:
     return array[..., np.newaxis]
 
 
+# An input: its name, and its encoded image file, its pixels [28,28,1], or why it has neither.
+Input = tuple[str, bytes | np.ndarray | PredictError]
+
+
+class Classified(NamedTuple):
+    """What `classify` found: a row per image classified, and a line per input that was not."""
+
+    rows: list[dict]
+    errors: list[str]
+
+
 def classify_image_files(serve_images: tf.types.experimental.ConcreteFunction,
-                         files: list[tuple[str, bytes]]) -> np.ndarray:
-    """Probabilities [N,10] for encoded image files, decoded inside the exported graph."""
-    batches = []
+                         files: list[tuple[str, bytes]]) -> list[np.ndarray | PredictError]:
+    """Probabilities [10] of each encoded image file, decoded inside the exported graph, or
+    the error saying why the graph cannot decode it."""
+    outcomes = []
     for start in range(0, len(files), _BATCH_SIZE):
         chunk = files[start:start + _BATCH_SIZE]
         try:
-            outputs = serve_images(image_bytes=tf.constant([raw for _, raw in chunk]))
-        except tf.errors.InvalidArgumentError:
-            raise _undecodable(serve_images, chunk) from None
-        batches.append(outputs["probabilities"].numpy())
-    return np.concatenate(batches)
+            outcomes.extend(_probabilities(serve_images, [raw for _, raw in chunk]))
+        except tf.errors.InvalidArgumentError:  # Some file of the batch: find which, alone.
+            outcomes.extend(_classify_alone(serve_images, name, raw) for name, raw in chunk)
+    return outcomes
 
 
-def _undecodable(serve_images: tf.types.experimental.ConcreteFunction,
-                 chunk: list[tuple[str, bytes]]) -> PredictError:
-    """The error naming the first file of a failed batch that the graph cannot decode alone."""
-    for name, raw in chunk:
-        try:
-            serve_images(image_bytes=tf.constant([raw]))
-        except tf.errors.InvalidArgumentError as e:
-            reason = e.message.strip().splitlines()[-1].strip() if e.message else "invalid"
-            return PredictError(f"{name}: cannot decode the image ({reason})")
-    return PredictError(f"cannot decode the images {chunk[0][0]} to {chunk[-1][0]}")
+def _probabilities(serve_images: tf.types.experimental.ConcreteFunction,
+                   raws: list[bytes]) -> np.ndarray:
+    return serve_images(image_bytes=tf.constant(raws))["probabilities"].numpy()
 
 
-def gather_inputs(paths: list[str]) -> list[tuple[str, bytes | np.ndarray]]:
-    """Each input file as (name, encoded image) or, for IDX files, (name[i], pixels) per image."""
+def _classify_alone(serve_images: tf.types.experimental.ConcreteFunction, name: str,
+                    raw: bytes) -> np.ndarray | PredictError:
+    try:
+        return _probabilities(serve_images, [raw])[0]
+    except tf.errors.InvalidArgumentError as e:
+        return PredictError(f"{name}: {versions.tf_error_reason(e)}")
+
+
+def gather_inputs(paths: list[str]) -> list[Input]:
+    """Each input file as (name, encoded image) or, for IDX files, (name[i], pixels) per image;
+    a file that is neither, or cannot be read, as (name, the error saying why)."""
     inputs = []
     for path in paths:
-        raw = read_file(path)
-        if raw.startswith(IMAGE_SIGNATURES):
-            inputs.append((path, raw))
-        elif raw.startswith(_IDX_SIGNATURES):
-            inputs.extend((f"{path}[{i}]", image) for i, image in enumerate(idx_images(path)))
-        else:
-            raise PredictError(f"{path}: not a PNG, JPEG, GIF or BMP image, nor an IDX file "
-                               f"(it starts with {raw[:8].hex()})")
+        try:
+            inputs.extend(_read_input(path))
+        except UserError as e:
+            inputs.append((path, PredictError(str(e))))
     return inputs
+
+
+def _read_input(path: str) -> list[Input]:
+    """A file as one encoded image, or as the images of an IDX file; else an error."""
+    raw = read_file(path)
+    if raw.startswith(IMAGE_SIGNATURES):
+        return [(path, raw)]
+    if raw.startswith(_IDX_SIGNATURES):
+        return [(f"{path}[{i}]", image) for i, image in enumerate(idx_images(path))]
+    raise PredictError(f"{path}: not a PNG, JPEG, GIF or BMP image, nor an IDX file "
+                       f"(it starts with {raw[:8].hex()})")
 
 
 def classify(export_dir: str, paths: list[str], version: int | None = None,
              dataset: str | None = None, split: str = "test", data_dir: str | None = None,
-            max_examples: int = 0) -> list[dict]:
-    """One row (file, class, class_name, probability) per image in `paths` and `dataset`."""
+             max_examples: int = 0) -> Classified:
+    """One row (file, class, class_name, probability) per image in `paths` and `dataset`, and
+    one error per input file that cannot be classified, each in the order given."""
     inputs = gather_inputs(paths)
     saved = versions.open_version(export_dir, version)
     if dataset is not None:
         images, _ = saved.split(split, dataset, data_dir, max_examples)
         inputs.extend((f"{dataset}:{split}[{i}]", image) for i, image in enumerate(images))
-    is_file = np.array([isinstance(item, bytes) for _, item in inputs], dtype=bool)
-    probabilities = np.zeros((len(inputs), data.NUM_CLASSES), np.float32)
-    if is_file.any():
-        probabilities[is_file] = classify_image_files(
-            saved.signature("serve_images"), [inputs[i] for i in np.flatnonzero(is_file)])
-    if not is_file.all():
-        pixels = np.stack([inputs[i][1] for i in np.flatnonzero(~is_file)])
-        probabilities[~is_file] = saved.classify(pixels)["probabilities"]
-    names = saved.class_names
-    rows = []
-    for (name, _), row in zip(inputs, probabilities):
-        best = int(np.argmax(row))
-        rows.append({"file": name, "class": best, "class_name": names[best],
-                     "probability": float(row[best])})
-    return rows
+    return _tabulate([name for name, _ in inputs], _outcomes(saved, inputs), saved.class_names)
+
+
+def _outcomes(saved: versions.Version, inputs: list[Input]) -> list[np.ndarray | PredictError]:
+    """The probabilities [10] of each input (encoded files through `serve_images`, pixels
+    through `serving_default`), or its error."""
+    outcomes = [item for _, item in inputs]
+    files = [i for i, item in enumerate(outcomes) if isinstance(item, bytes)]
+    pixels = [i for i, item in enumerate(outcomes) if isinstance(item, np.ndarray)]
+    if files:
+        decoded = classify_image_files(saved.signature("serve_images"),
+                                       [inputs[i] for i in files])
+        for i, outcome in zip(files, decoded):
+            outcomes[i] = outcome
+    if pixels:
+        probabilities = saved.classify(np.stack([outcomes[i] for i in pixels]))["probabilities"]
+        for i, row in zip(pixels, probabilities):
+            outcomes[i] = row
+    return outcomes
+
+
+def _tabulate(names: list[str], outcomes: list[np.ndarray | PredictError],
+              class_names: tuple[str, ...]) -> Classified:
+    """Rows for the inputs classified, each named by its most likely class, and the errors."""
+    rows, errors = [], []
+    for name, outcome in zip(names, outcomes):
+        if isinstance(outcome, PredictError):
+            errors.append(str(outcome))
+            continue
+        best = int(np.argmax(outcome))
+        rows.append({"file": name, "class": best, "class_name": class_names[best],
+                     "probability": float(outcome[best])})
+    return Classified(rows, errors)
 
 
 def format_table(rows: list[dict]) -> str:

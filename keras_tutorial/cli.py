@@ -261,6 +261,7 @@ def define_dataset_flags(datasets: Sequence[str], purpose: str, default_help: st
     """--dataset, --data_dir and --max_examples, for commands that read a dataset split."""
     flags.DEFINE_enum("dataset", None, datasets, f"Dataset {purpose} ({default_help}).")
     flags.DEFINE_string("data_dir", None, "Where that dataset is: IDX files, mnist.npz or "
-                        "TFDS's data directory (default: the version's own).")
+                        "TFDS's data directory (default: for the version's own dataset, the "
+                        "data_dir it was trained from; for another, TFDS's).")
     flags.DEFINE_integer("max_examples", 0, "Use at most this many examples (0: all).",
                          lower_bound=0)

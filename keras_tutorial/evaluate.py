@@ -4,8 +4,10 @@
 
 Prints the accuracy, the accuracy of each class and the confusion matrix, and writes them to
 `<output_dir>/evaluation.json` beside two pictures: `confusion_matrix.png` and
-`worst_mistakes.png`, the misclassified images that the model was surest about. By default the
-version is evaluated on the test split of the dataset it was trained on.
+`worst_mistakes.png`, the misclassified images that the model was surest about, each titled
+with the model, version, dataset, split and accuracy. By default the version is evaluated on
+the test split of the dataset it was trained on, and the results of each model and version go
+to a directory of their own, runs/evaluate/<model>/<version>/.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from absl import flags
 
 from keras_tutorial import cli, config
 
+# Each model and version gets its own directory; {model} is the export directory's name.
+OUTPUT_DIR = os.path.join("runs", "evaluate", "{model}", "{version}")
+
+
 def define_flags() -> None:
     cli.define_version_flags("evaluate")
     cli.define_dataset_flags(config.DATASETS, "to evaluate on", "default: the version's own")
     flags.DEFINE_enum("split", "test", ("train", "test"), "The split to evaluate on.")
-    flags.DEFINE_string("output_dir", os.path.join("runs", "evaluate"),
-                        "Where evaluation.json and the two PNG images go.")
+    flags.DEFINE_string("output_dir", OUTPUT_DIR,
+                        "Where evaluation.json and the two PNG images go; {model} stands for "
+                        "the export directory's name, {version} for the version's number.")
 
 
 def main(argv: list[str]) -> None:
@@ -29,11 +36,12 @@ def main(argv: list[str]) -> None:
 
     cli.no_arguments(argv)
     values = flags.FLAGS
-    result = evaluation.run(values.export_dir, values.output_dir, values.version,
-                            values.dataset, values.split, values.data_dir, values.max_examples)
+    result, output_dir = evaluation.run(values.export_dir, values.output_dir, values.version,
+                                        values.dataset, values.split, values.data_dir,
+                                        values.max_examples)
     print(evaluation.format_report(result))
     print(f"\nWrote {evaluation.EVALUATION_FILE}, {evaluation.CONFUSION_FILE} and "
-          f"{evaluation.MISTAKES_FILE} in {values.output_dir}")
+          f"{evaluation.MISTAKES_FILE} in {output_dir}")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,29 @@ class Evaluation:
     labels: np.ndarray
     probabilities: np.ndarray
     class_names: tuple[str, ...]
+    model: str
+    dataset: str
 
     @property
     def predictions(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
+
+    @property
+    def version(self) -> str:
+        """The version's number, as its directory is named."""
+        return os.path.basename(self.version_path)
+
+    @property
+    def title(self) -> str:
+        """What was evaluated on what, and how well: the pictures' title."""
+        accuracy = float(np.mean(self.predictions == self.labels)) if len(self.labels) else 0.0
+        return (f"{self.model} version {self.version} on {self.dataset} {self.split}: "
+                f"accuracy {accuracy:.4f}")
+
+
+def model_name(export_dir: str) -> str:
+    """The model's name: its export directory's, as `serve` names it in its URLs."""
+    return os.path.basename(os.path.abspath(export_dir))
 
 
 def evaluate(export_dir: str, version: int | None = None, dataset: str | None = None,
@@ -40,9 +59,19 @@ def evaluate(export_dir: str, version: int | None = None, dataset: str | None = 
     """Runs a version's `serving_default` over a split (by default the test split it was
     trained beside)."""
     saved = versions.open_version(export_dir, version)
+    return evaluate_version(saved, model_name(export_dir), dataset, split, data_dir,
+                            max_examples)
+
+
+def evaluate_version(saved: versions.Version, model: str, dataset: str | None = None,
+                     split: str = "test", data_dir: str | None = None,
+                     max_examples: int = 0) -> Evaluation:
+    """Runs an opened version's `serving_default` over a split (by default of its own
+    dataset)."""
     images, labels = saved.split(split, dataset, data_dir, max_examples)
     return Evaluation(saved.path, split, images, labels,
-                      saved.classify(images)["probabilities"], saved.class_names)
+                      saved.classify(images)["probabilities"], saved.class_names, model,
+                      dataset or saved.dataset)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
@@ -59,6 +88,8 @@ def report(evaluation: Evaluation) -> dict:
     support = matrix.sum(axis=1)
     return {
         "version_path": evaluation.version_path,
+        "model": evaluation.model,
+        "dataset": evaluation.dataset,
         "split": evaluation.split,
         "examples": int(len(evaluation.labels)),
         "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
@@ -84,9 +115,11 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...], path: str) -> None:
-    """Writes the confusion matrix as a PNG, counts written in their cells."""
+def plot_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...], path: str,
+                          title: str = "") -> None:
+    """Writes the confusion matrix as a PNG, counts written in their cells, under `title`."""
     figure = Figure(figsize=(8, 7), layout="constrained")
+    figure.suptitle(title)
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes)
@@ -102,14 +135,16 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...], path
 
 
 def plot_worst_mistakes(evaluation: Evaluation, path: str, count: int = 25) -> None:
-    """Writes a grid of the `count` misclassified images with the most confident predictions."""
+    """Writes a grid of the `count` misclassified images with the most confident predictions,
+    under the evaluation's title."""
     predictions = evaluation.predictions
     wrong = np.flatnonzero(predictions != evaluation.labels)
     confidence = evaluation.probabilities[wrong, predictions[wrong]]
     worst = wrong[np.argsort(-confidence, kind="stable")][:count]
     columns = 5
     rows = max(1, math.ceil(len(worst) / columns))
-    figure = Figure(figsize=(2 * columns, 2.3 * rows), layout="constrained")
+    figure = Figure(figsize=(2 * columns, 2.3 * rows + 0.4), layout="constrained")
+    figure.suptitle(evaluation.title)
     if not len(worst):
         figure.text(0.5, 0.5, "no mistakes", ha="center", va="center")
     names = evaluation.class_names
@@ -131,20 +166,30 @@ def write_outputs(evaluation: Evaluation, result: dict, output_dir: str) -> None
         files.write_json(os.path.join(staging, EVALUATION_FILE), result)
         with files.naming(os.path.join(output_dir, CONFUSION_FILE)):
             plot_confusion_matrix(np.array(result["confusion_matrix"]), evaluation.class_names,
-                                  os.path.join(staging, CONFUSION_FILE))
+                                  os.path.join(staging, CONFUSION_FILE), evaluation.title)
         with files.naming(os.path.join(output_dir, MISTAKES_FILE)):
             plot_worst_mistakes(evaluation, os.path.join(staging, MISTAKES_FILE))
         for name in (EVALUATION_FILE, CONFUSION_FILE, MISTAKES_FILE):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
 
 
+def output_path(pattern: str, model: str, version: str) -> str:
+    """`pattern` with `{model}` and `{version}` replaced: where a version's evaluation goes."""
+    return pattern.replace("{model}", model).replace("{version}", version)
+
+
 def run(export_dir: str, output_dir: str, version: int | None = None,
         dataset: str | None = None, split: str = "test", data_dir: str | None = None,
-        max_examples: int = 0) -> dict:
-    """Evaluates, then writes the report and pictures to `output_dir`; on bad input, nothing."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UserError(f"output directory {output_dir} exists and is not a directory")
-    evaluation = evaluate(export_dir, version, dataset, split, data_dir, max_examples)
+        max_examples: int = 0) -> tuple[dict, str]:
+    """Evaluates, then writes the report and pictures to `output_dir`, in which `{model}` and
+    `{version}` stand for the export directory's name and the version's number; returns the
+    report and the directory written. On bad input, nothing is written."""
+    saved = versions.open_version(export_dir, version)
+    model = model_name(export_dir)
+    target = output_path(output_dir, model, os.path.basename(saved.path))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise UserError(f"output directory {target} exists and is not a directory")
+    evaluation = evaluate_version(saved, model, dataset, split, data_dir, max_examples)
     result = report(evaluation)
-    write_outputs(evaluation, result, output_dir)
-    return result
+    write_outputs(evaluation, result, target)
+    return result, target

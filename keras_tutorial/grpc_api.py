@@ -183,9 +183,20 @@ def _arrays(version: Version, signature: str, request: predict_pb2.PredictReques
         proto, dtype = request.inputs[alias], expected[alias].dtype
         if proto.dtype != dtype:
             raise rest.invalid(f"Expects arg[{index}] to be {_dtype_name(dtype)} but "
-                               f"{_dtype_name(proto.dtype)} is provided (input {alias})")
+                               f"{_dtype_name(proto.dtype)} is provided (input {alias})"
+                               f"{_image_files_hint(version, proto.dtype, dtype)}")
         arrays[alias] = to_array(proto, alias, max_bytes)
     return arrays
+
+
+def _image_files_hint(version: Version, sent: int, expected: int) -> str:
+    """Where strings sent to a numeric input should go: encoded image files are
+    `serve_images`'s to read, if the version has it."""
+    images = version.signature_protos.get("serve_images")
+    if sent != types_pb2.DT_STRING or expected == types_pb2.DT_STRING or images is None:
+        return ""
+    return (f'; to send encoded image files, set model_spec.signature_name to "serve_images" '
+            f"and name the input {', '.join(sorted(images.inputs))}")
 
 
 def _output_aliases(version: Version, signature: str, output_filter) -> list[str]:

@@ -6,12 +6,14 @@
 
 Image files (PNG, JPEG, GIF or BMP, colour or gray) are prepared as `serve_images` prepares
 them (docs/deploy.md); IDX image files and dataset splits are classified as they are. Prints a
-table of file, class and probability, or JSON with --format=json.
+table of file, class and probability, or JSON with --format=json. Each file that cannot be
+classified is one line on standard error, after the others are printed, and exit status 2.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import flags
 
@@ -36,9 +38,16 @@ def main(argv: list[str]) -> None:
     if len(argv) == 1 and values.dataset is None:
         raise UserError("nothing to classify: pass image or IDX files after the flags, or "
                         "--dataset")
-    rows = classify.classify(values.export_dir, argv[1:], values.version, values.dataset,
-                             values.split, values.data_dir, values.max_examples)
-    print(json.dumps(rows, indent=1) if values.format == "json" else classify.format_table(rows))
+    rows, errors = classify.classify(values.export_dir, argv[1:], values.version,
+                                     values.dataset, values.split, values.data_dir,
+                                     values.max_examples)
+    if rows:
+        print(json.dumps(rows, indent=1) if values.format == "json"
+              else classify.format_table(rows), flush=True)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        sys.exit(cli.EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

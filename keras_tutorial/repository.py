@@ -25,6 +25,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from keras_tutorial import rest, warmup
 from keras_tutorial.batching import Batcher
 from keras_tutorial.errors import UserError
+from keras_tutorial.versions import no_versions
 
 INFO_FILE = "export_info.json"  # Written by export.export_model beside the SavedModel.
 # An absolute path in a message: its last component is kept.
@@ -56,12 +57,12 @@ def version_dirs(export_dir: str) -> dict[int, str]:
 
 
 def check_export_dir(export_dir: str) -> None:
-    """Refuses to start on a directory that does not exist or holds no complete version."""
+    """Refuses to start on a directory that does not exist or holds no complete version, saying
+    which directory to serve when it is a version itself or a directory of export directories."""
     if not os.path.isdir(export_dir):
         raise UserError(f"export directory {export_dir} does not exist or is not a directory")
     if not version_dirs(export_dir):
-        raise UserError(f"export directory {export_dir} has no versions (numbered directories "
-                        "1, 2, ... holding saved_model.pb, as an export writes them)")
+        raise UserError(no_versions(export_dir, version_flag=False))
 
 
 def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:

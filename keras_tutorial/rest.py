@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 import tensorflow as tf
 
-from keras_tutorial import json_arrays
+from keras_tutorial import json_arrays, versions
 
 # TF Serving's mapping from canonical error codes to HTTP (model_servers/http_server.cc).
 HTTP_STATUS = {"CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
@@ -49,7 +49,6 @@ _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([0-9]+))?:(classif
 _MODEL_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/([0-9]+))?(?:/(metadata))?",
                          re.IGNORECASE)
 _INT64_MAX = 2**63 - 1
-_BOOT_LINES = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
 _QUOTE_LIMIT = 60
 
 
@@ -243,7 +242,7 @@ def to_array(value: Any, spec: tf.TensorSpec, name: str) -> np.ndarray:
     if (array.dtype.kind not in wanted or array.dtype == object
             or array.dtype.kind != "b" and _holds_bool(value)):
         raise invalid(f"JSON Value: {_quote(value)} Type: {_json_type(value, array)} is not of "
-                      f"expected type: {spec.dtype.name} (input {name})")
+                      f"expected type: {spec.dtype.name} (input {name}){_b64_hint(value)}")
     if array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu" and array.size:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
@@ -278,6 +277,19 @@ def _holds_bool(value: Any) -> bool:
         elif isinstance(item, bool):
             return True
     return False
+
+
+def _b64_hint(value: Any) -> str:
+    """What to do about `{"b64": ...}` values sent to a numeric input: encoded image files
+    are `serve_images`'s to read."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif _is_b64(item):
+            return '; to send encoded image files, add "signature_name": "serve_images"'
+    return ""
 
 
 def _json_type(value: Any, array: np.ndarray) -> str:
@@ -353,11 +365,8 @@ def _json_values(name: str, array: np.ndarray) -> Any:
 
 def from_tf_error(error: tf.errors.OpError) -> RestError:
     """TensorFlow's error as TF Serving reports it: its code, and the line that says why."""
-    lines = [line.strip() for line in (error.message or "").splitlines()]
-    reasons = [line for line in lines
-               if line and not line.startswith(_BOOT_LINES) and not line.startswith("[[")]
-    reason = re.sub(r"\s*\[Op:[^\]]*\]$", "", reasons[-1] if reasons else type(error).__name__)
-    return RestError(_CANONICAL.get(error.error_code, "UNKNOWN"), reason)
+    return RestError(_CANONICAL.get(error.error_code, "UNKNOWN"),
+                     versions.tf_error_reason(error))
 
 
 def dumps(payload: dict) -> bytes:

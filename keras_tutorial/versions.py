@@ -1,7 +1,8 @@
 """An export directory in TF Serving's layout: numbered versions, and opening one to use it.
 
 `predict`, `evaluate` and `tflite` read versions through here, so they find, load and check a
-version the same way, and turn each way it can be wrong into one line.
+version the same way, and turn each way it can be wrong into one line; `serve` says what to
+pass for a directory without versions with them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 from google.protobuf import message
 import numpy as np
@@ -18,6 +20,8 @@ from keras_tutorial import data
 from keras_tutorial.errors import UserError
 
 METADATA_FILE = "export_info.json"
+# Lines of a TensorFlow error around its reason.
+_TF_FRAMING = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
 
 
 class ExportError(UserError):
@@ -38,8 +42,7 @@ def version_path(export_dir: str, version: int | None = None) -> str:
         raise ExportError(f"export directory {export_dir} does not exist or is not a directory")
     found = versions(export_dir)
     if not found:
-        raise ExportError(f"export directory {export_dir} has no versions (numbered "
-                          "directories 1, 2, ... that an export writes)")
+        raise ExportError(no_versions(export_dir, version_flag=True))
     if version is None:
         return os.path.join(export_dir, str(found[-1]))
     if version not in found:
@@ -48,9 +51,55 @@ def version_path(export_dir: str, version: int | None = None) -> str:
     return os.path.join(export_dir, str(version))
 
 
+def is_version(path: str) -> bool:
+    """Whether `path` is a complete version: a numbered directory holding saved_model.pb."""
+    name = os.path.basename(os.path.abspath(path))
+    return (name.isascii() and name.isdigit()
+            and os.path.isfile(os.path.join(path, "saved_model.pb")))
+
+
+def export_dirs_inside(directory: str) -> list[str]:
+    """The names of the directories in `directory` that hold at least one complete version."""
+    def holds_versions(path: str) -> bool:
+        try:
+            return any(is_version(os.path.join(path, name)) for name in os.listdir(path))
+        except OSError:  # A file, or a directory this user cannot read.
+            return False
+
+    return sorted(name for name in os.listdir(directory)
+                  if holds_versions(os.path.join(directory, name)))
+
+
+def no_versions(export_dir: str, version_flag: bool) -> str:
+    """Why `export_dir`, an existing directory, has no versions, and what to pass instead when
+    it is a version itself or holds export directories; `version_flag`: the command has
+    --version."""
+    path = os.path.normpath(export_dir)
+    if is_version(path):
+        parent = os.path.normpath(os.path.join(path, os.pardir))
+        number = os.path.basename(os.path.abspath(path))
+        flags = f"--export_dir={parent}" + (f" --version={number}" if version_flag else "")
+        return f"{path} is version {number} of {parent}: pass {flags}"
+    inside = export_dirs_inside(path)
+    if inside:
+        return (f"{path} has no versions; it holds the export directories "
+                f"{', '.join(inside)}: pass --export_dir={os.path.join(path, inside[0])}")
+    return (f"export directory {export_dir} has no versions (numbered directories 1, 2, ... "
+            "holding saved_model.pb, as an export writes them)")
+
+
 def first_line(error: Exception) -> str:
     """An exception's first line of text, for one-line messages."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def tf_error_reason(error: tf.errors.OpError) -> str:
+    """The line of a TensorFlow error that says why, without the graph's framing around it:
+    what `predict` reports for a file, and the server's message (`rest.from_tf_error`)."""
+    lines = [line.strip() for line in (error.message or "").splitlines()]
+    reasons = [line for line in lines
+               if line and not line.startswith(_TF_FRAMING) and not line.startswith("[[")]
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", reasons[-1] if reasons else type(error).__name__)
 
 
 def load_saved_model(path: str) -> tf.types.experimental.Trackable:
@@ -109,19 +158,26 @@ class Version:
         return {key: np.concatenate([batch[key].numpy() for batch in batches])
                 for key in ("probabilities", "classes")}
 
+    @property
+    def dataset(self) -> str | None:
+        """The dataset it was trained on, as export_info.json records it."""
+        return self.info.get("dataset")
+
     def split(self, split: str, dataset: str | None = None, data_dir: str | None = None,
               max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of a dataset split, by default of the dataset it was trained on.
 
-        The recorded `data_dir` is the one training was given, relative to where it ran.
+        Its own dataset is read from the recorded `data_dir` unless another is given; that is
+        the one training was given, relative to where it ran.
         """
         config = self.info.get("config", {})
         if split not in ("train", "test"):
             raise UserError(f"unknown split '{split}', expected train or test")
-        if dataset is None:
-            dataset, data_dir = self.info.get("dataset"), data_dir or config.get("data_dir")
+        dataset = dataset or self.dataset
         if dataset is None:
             raise UserError(f"{self.path} does not record its dataset: pass --dataset")
+        if dataset == self.dataset and data_dir is None:
+            data_dir = config.get("data_dir")
         arrays = data.load_arrays(dataset, data_dir, max_examples, seed=config.get("seed", 0))
         return ((arrays.x_train, arrays.y_train) if split == "train"
                 else (arrays.x_test, arrays.y_test))

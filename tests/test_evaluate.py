@@ -34,21 +34,45 @@ def test_report_on_the_recorded_dataset(export_dir, bordered_arrays):
         assert result["per_class_accuracy"][name] == np.mean(classes[mask] == i)
 
 
-def _cli(*args):
+def test_the_title_says_what_was_evaluated_on_what(export_dir, bordered_arrays):
+    evaluated = evaluation.evaluate(export_dir)
+    accuracy = np.mean(evaluated.predictions == bordered_arrays.y_test)
+    assert evaluated.title == (f"{os.path.basename(export_dir)} version 1 on fashion_mnist "
+                               f"test: accuracy {accuracy:.4f}")
+
+
+def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "keras_tutorial.evaluate", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
-def test_cli_prints_and_writes_the_report_and_pictures(export_dir, tmp_path):
-    result = _cli(f"--export_dir={export_dir}", f"--output_dir={tmp_path / 'out'}")
+@pytest.mark.slow
+def test_cli_prints_and_writes_the_report_and_pictures_under_the_model_and_version(
+        export_dir, tmp_path):
+    result = _cli(f"--export_dir={export_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(tmp_path / "out" / evaluation.EVALUATION_FILE) as f:
+    output_dir = os.path.join("runs", "evaluate", os.path.basename(export_dir), "1")
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Wrote {evaluation.EVALUATION_FILE}, {evaluation.CONFUSION_FILE} and "
+        f"{evaluation.MISTAKES_FILE} in {output_dir}")
+    with open(tmp_path / output_dir / evaluation.EVALUATION_FILE) as f:
         written = json.load(f)
+    assert (written["model"], written["dataset"]) == (os.path.basename(export_dir),
+                                                      "fashion_mnist")
     assert f"accuracy {written['accuracy']:.4f}" in result.stdout
     assert "Ankle boot" in result.stdout
     for name in (evaluation.CONFUSION_FILE, evaluation.MISTAKES_FILE):
-        picture = tf.io.decode_png((tmp_path / "out" / name).read_bytes())
+        picture = tf.io.decode_png((tmp_path / output_dir / name).read_bytes())
         assert picture.shape[0] > 100 and picture.shape[1] > 500
+
+
+def test_output_dir_patterns_name_the_model_and_version(export_dir, tmp_path):
+    _, written = evaluation.run(export_dir, str(tmp_path / "{model}-v{version}"))
+    assert written == str(tmp_path / f"{os.path.basename(export_dir)}-v1")
+    assert sorted(os.listdir(written)) == [evaluation.CONFUSION_FILE, evaluation.EVALUATION_FILE,
+                                           evaluation.MISTAKES_FILE]
+    _, plain = evaluation.run(export_dir, str(tmp_path / "out"))
+    assert plain == str(tmp_path / "out")
 
 
 def test_bad_input_writes_nothing(tmp_path, export_dir):
@@ -56,7 +80,7 @@ def test_bad_input_writes_nothing(tmp_path, export_dir):
     with pytest.raises(versions.ExportError) as excinfo:
         evaluation.run(str(tmp_path / "export"), str(tmp_path / "out"))
     assert str(excinfo.value) == f"export directory {tmp_path / 'export'} has no versions " \
-        "(numbered directories 1, 2, ... that an export writes)"
+        "(numbered directories 1, 2, ... holding saved_model.pb, as an export writes them)"
     (tmp_path / "file").write_text("mine")
     with pytest.raises(UserError, match="exists and is not a directory"):
         evaluation.run(export_dir, str(tmp_path / "file"))

@@ -181,7 +181,11 @@ def _error_cases(model: str) -> list:
         ("Predict", _request(model, image, signature="nope"), "FAILED_PRECONDITION",
          'Serving signature key "nope" not found.'),
         ("Predict", _request(model, image.astype(np.float32)), "INVALID_ARGUMENT",
-         "Expects arg[0] to be uint8 but float is provided"),
+         "Expects arg[0] to be uint8 but float is provided (input images)"),
+        ("Predict", _request(model, _pngs(image)), "INVALID_ARGUMENT",
+         "Expects arg[0] to be uint8 but string is provided (input images); to send encoded "
+         'image files, set model_spec.signature_name to "serve_images" and name the input '
+         "image_bytes"),
         ("Predict", _request(model, np.zeros((1, 3), np.uint8)), "INVALID_ARGUMENT",
          "Shape of tensor images [1,3] is not compatible with expected shape [?,28,28,1]"),
         ("Predict", predict_pb2.PredictRequest(model_spec={"name": model}), "INVALID_ARGUMENT",

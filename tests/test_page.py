@@ -2,10 +2,13 @@
 shows is what the SavedModel answers for the very bytes the page sent."""
 
 import base64
+import contextlib
 import json
 import math
 import os
+import shutil
 import time
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -13,6 +16,7 @@ from playwright.sync_api import sync_playwright
 import pytest
 import tensorflow as tf
 
+from keras_tutorial import data, versions
 from keras_tutorial.images import decode_images
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: "
@@ -33,17 +37,31 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page(export_dir):
-    with running_server(export_dir, name="mlp") as port, sync_playwright() as playwright:
+def browser():
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@contextlib.contextmanager
+def opened_page(browser, export_dir: str, name: str) -> Iterator:
+    """The page of a server of `export_dir`, once it shows the model's bars; no script errors."""
+    with running_server(export_dir, name=name) as port:
         page = browser.new_page(viewport={"width": 960, "height": 700})
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("li.bar")
         yield page
-        browser.close()
+        page.close()
         assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def page(browser, export_dir):
+    with opened_page(browser, export_dir, "mlp") as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +177,22 @@ def _centre_of_mass(image: np.ndarray) -> np.ndarray:
     weights = image[..., 0].astype(np.float64)
     grid = np.indices(weights.shape) + 0.5
     return (grid * weights).sum(axis=(1, 2)) / weights.sum()
+
+
+def test_a_fashion_model_asks_for_one_of_its_classes(page, tmp_path):
+    names = ", ".join(data.CLASS_NAMES["fashion_mnist"])
+    assert page.text_content("#hint") == f"Draw, drop or paste an image of one of: {names}."
+    page.screenshot(path=str(tmp_path / "fashion_hint.png"))
+
+
+def test_an_mnist_model_asks_for_a_digit(browser, export_dir, tmp_path):
+    digits = shutil.copytree(export_dir, tmp_path / "digits")
+    info_path = digits / "1" / versions.METADATA_FILE
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "class_names": list(data.CLASS_NAMES["mnist"])}))
+    with opened_page(browser, str(digits), "digits") as page:
+        assert page.text_content("#hint") == "Draw a digit, or drop or paste an image file."
+        page.screenshot(path=str(tmp_path / "digit_hint.png"))
 
 
 def test_a_drawing_is_answered_as_the_saved_model_answers_the_png_sent(page, saved, tmp_path):

@@ -159,7 +159,11 @@ def _error_cases(model: str) -> list:
         ("POST", predict, {"instances": [np.full((28, 28, 1), 300).tolist()]}, 400,
          "outside the range of uint8"),
         ("POST", predict, {"instances": [[[0]], [[0], [0]]]}, 400, "lists of unequal length"),
-        ("POST", predict, {"instances": [_b64(b"x")]}, 400, "is not of expected type: uint8"),
+        ("POST", predict, {"instances": [_b64(b"x")]}, 400,
+         'JSON Value: [{"b64": "eA=="}] Type: Object or mixed is not of expected type: uint8 '
+         '(input images); to send encoded image files, add "signature_name": "serve_images"'),
+        ("POST", predict, {"inputs": {"images": _b64(b"x")}}, 400,
+         '(input images); to send encoded image files, add "signature_name": "serve_images"'),
         ("POST", predict, {"instances": []}, 400, "No values in 'instances' array"),
         ("POST", predict, {"examples": [image]}, 400, "Missing 'inputs' or 'instances' key"),
         ("POST", predict, {"inputs": [image], "instances": [image]}, 400,
@@ -323,12 +327,33 @@ def test_batching_server_answers_concurrent_clients_as_the_saved_model(
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_an_empty_or_missing_export_directory_is_refused_in_one_line(tmp_path):
+def test_a_wrong_type_says_where_encoded_image_files_go_only_when_it_holds_them():
+    spec = tf.TensorSpec([None, 28, 28, 1], tf.uint8)
+    hint = 'to send encoded image files, add "signature_name": "serve_images"'
+    for value in ([[[_b64(b"x")]]], _b64(b"x"), [[0], [_b64(b"x")]]):
+        with pytest.raises(rest.RestError, match=re.escape(hint)):
+            rest.to_array(value, spec, "images")
+    for value in ([[0.5]], ["text"], [{"png": "eA=="}]):
+        with pytest.raises(rest.RestError, match="is not of expected type") as excinfo:
+            rest.to_array(value, spec, "images")
+        assert "serve_images" not in str(excinfo.value)
+
+
+def test_an_empty_or_missing_export_directory_is_refused_in_one_line(tmp_path, export_dir):
     with pytest.raises(UserError, match="does not exist"):
         check_export_dir(str(tmp_path / "missing"))
     os.makedirs(tmp_path / "empty" / "1")  # No saved_model.pb: not a version.
     with pytest.raises(UserError, match="has no versions"):
         check_export_dir(str(tmp_path / "empty"))
+    os.symlink(export_dir, tmp_path / "cnn")
+    with pytest.raises(UserError) as excinfo:
+        check_export_dir(str(tmp_path / "cnn" / "1"))
+    assert str(excinfo.value) == (f"{tmp_path / 'cnn' / '1'} is version 1 of "
+                                  f"{tmp_path / 'cnn'}: pass --export_dir={tmp_path / 'cnn'}")
+    with pytest.raises(UserError) as excinfo:
+        check_export_dir(str(tmp_path))
+    assert str(excinfo.value) == (f"{tmp_path} has no versions; it holds the export "
+                                  f"directories cnn: pass --export_dir={tmp_path / 'cnn'}")
 
 
 def _command(*flags: str) -> subprocess.Popen:
@@ -345,7 +370,17 @@ def _free_port() -> int:
 def test_command_serves_rest_and_grpc_and_reports_bad_input_in_one_line(tmp_path, export_dir):
     grpc_port = _free_port()
     taken = socket.create_server(("127.0.0.1", 0))
+    models = tmp_path / "saved_models"
+    models.mkdir()
+    for name in ("mlp", "cnn"):
+        os.symlink(export_dir, models / name)
     bad = {"missing": ([f"--export_dir={tmp_path}/missing"], "does not exist"),
+           "version": ([f"--export_dir={models}/cnn/1/"],
+                       f"error: {models}/cnn/1 is version 1 of {models}/cnn: pass "
+                       f"--export_dir={models}/cnn"),
+           "models": ([f"--export_dir={models}"],
+                      f"error: {models} has no versions; it holds the export directories "
+                      f"cnn, mlp: pass --export_dir={models}/cnn"),
            "port": ([f"--export_dir={export_dir}", "--port=70000"],
                     "flag --port=70000: 70000 is not an integer in the range [0, 65535]"),
            "grpc port": ([f"--export_dir={export_dir}", "--port=0",

@@ -66,3 +66,12 @@ def test_tflite_models_keep_the_saved_model_s_accuracy(export_dir, tmp_path, bor
     assert np.mean(classes == bordered_arrays.y_test) == report["dynamic_range"]["accuracy"]
     with pytest.raises(versions.ExportError, match="already exists: delete it"):
         tflite_models.write_tflite(str(directory))
+
+
+def test_a_version_s_own_directory_says_what_to_pass(export_dir):
+    version = os.path.join(export_dir, "1")
+    with pytest.raises(versions.ExportError) as excinfo:
+        tflite_models.write_tflite(version)
+    assert str(excinfo.value) == (f"{version} is version 1 of {export_dir}: pass "
+                                  f"--export_dir={export_dir} --version=1")
+    assert not os.path.exists(os.path.join(version, "tflite"))

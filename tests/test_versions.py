@@ -35,11 +35,34 @@ def test_a_bad_export_directory_is_one_line(tmp_path, layout, version, message):
     assert "\n" not in str(excinfo.value)
 
 
+def test_a_version_or_a_directory_of_export_directories_says_what_to_pass(export_dir,
+                                                                         tmp_path):
+    models = tmp_path / "saved_models"
+    models.mkdir()
+    for name in ("mlp", "cnn"):
+        shutil.copytree(export_dir, models / name)
+    (models / "lstm").mkdir()  # Nothing exported yet: not an export directory.
+    (models / "README.md").write_text("not a model")
+    with pytest.raises(versions.ExportError) as excinfo:
+        versions.open_version(str(models / "cnn" / "1"))
+    assert str(excinfo.value) == (f"{models / 'cnn' / '1'} is version 1 of {models / 'cnn'}: "
+                                  f"pass --export_dir={models / 'cnn'} --version=1")
+    with pytest.raises(versions.ExportError) as excinfo:
+        versions.open_version(str(models))
+    assert str(excinfo.value) == (f"{models} has no versions; it holds the export directories "
+                                  f"cnn, mlp: pass --export_dir={models / 'cnn'}")
+    assert versions.no_versions(str(models / "mlp" / "1"), version_flag=False) == (
+        f"{models / 'mlp' / '1'} is version 1 of {models / 'mlp'}: "
+        f"pass --export_dir={models / 'mlp'}")
+
+
 def test_an_opened_version_knows_its_classes_and_its_data(export_dir, bordered_arrays):
     version = versions.open_version(export_dir)
     assert version.class_names == data.CLASS_NAMES["fashion_mnist"]
     images, labels = version.split("test")
     np.testing.assert_array_equal(images, bordered_arrays.x_test)
+    # Its own dataset, named, is still read from where training read it.
+    np.testing.assert_array_equal(version.split("test", "fashion_mnist")[1], labels)
     outputs = version.classify(images, batch_size=64)
     assert outputs["probabilities"].shape == (len(labels), data.NUM_CLASSES)
     assert np.mean(outputs["classes"] == labels) > 0.6

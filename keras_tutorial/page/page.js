@@ -55,7 +55,16 @@ async function refreshModel() {
   // TF Serving's metadata has no class names; without them the answers teach them one by one.
   state.classNames = metadata.metadata.class_names || [];
   $("model").textContent = `Model ${state.model}, version ${version}`;
+  $("hint").textContent = inputHint(state.classNames);
   buildBars();
+}
+
+// What to draw or drop: a digit for MNIST's classes, else one of the model's classes.
+function inputHint(names) {
+  const digits = Array.from({length: 10}, (_, i) => String(i));
+  if (!names.length) return "Draw, or drop or paste an image file.";
+  if (names.join() === digits.join()) return "Draw a digit, or drop or paste an image file.";
+  return `Draw, drop or paste an image of one of: ${names.join(", ")}.`;
 }
 
 function className(index) {
