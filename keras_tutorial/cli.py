@@ -4,8 +4,8 @@ A command module defines its flags in a function and ends with `cli.run(main, de
 Flags exist only in the process whose command parses them, and are checked before TensorFlow
 loads: a command module imports nothing that imports TensorFlow, and its `main` imports the
 modules that do the work, so a mistyped flag is reported at once. `--help` lists the command's
-own flags with their defaults (`--helpfull`: every flag) and exits 0. A `UserError` becomes one line on
-standard error and exit status 2, and so does any error about a file or directory (`error:
+own flags with their defaults (`--helpfull`: every flag) and exits 0. A `UserError` becomes one
+line on standard error and exit status 2, and so does any error about a file or directory (`error:
 <path>: <reason>`), Python's or TensorFlow's; work stopped by a signal (`Interrupted`, or Ctrl-C
 anywhere) is one line and the shell's status for that signal (130, 143), never a traceback;
 TensorFlow's start-up chatter is quieted. Library modules never read flags.
@@ -193,8 +193,8 @@ def command_help(command: str, doc: str, full: bool = False) -> str:
     listed = flags.FLAGS.get_help() if full else "\n".join(
         line for line in flags.FLAGS.module_help(command).splitlines()
         if line.strip() != f"{command}:").strip("\n")
-    return (f"{doc.strip()}\n\nFlags:\n{listed}\n\n--verbosity=1 also shows TensorFlow's own log lines; "
-            "--helpfull lists every flag.")
+    return (f"{doc.strip()}\n\nFlags:\n{listed}\n\n--verbosity=1 also shows TensorFlow's own "
+            "log lines; --helpfull lists every flag.")
 
 
 def _quiet_logs(verbosity: int) -> None:

@@ -8,6 +8,7 @@ workdir resumes an interrupted run from its last backup, and does not retrain a 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 from absl import logging
@@ -99,7 +100,8 @@ def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelin
         backup_dir=backup_dir, steps_per_execution=config.steps_per_execution,
         backup_every_steps=config.backup_every_steps, jit_compile=runtime.choices.jit_compile,
         step_slices=runtime.choices.step_slices, num_workers=cluster.num_workers,
-        task_index=cluster.task_index, verbose=config.verbose and cluster.is_chief)
+        task_index=cluster.task_index, verbose=config.verbose and cluster.is_chief,
+        progress_bar=redraws_in_place())
     trainer = loop.Trainer(runtime.strategy, model, optimizer, objectives.make_loss(config.loss),
                            pipelines, loop_config)
     choices = runtime.choices
@@ -115,14 +117,19 @@ def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelin
     return trainer
 
 
-def resume(trainer: loop.Trainer) -> dict | None:
-    """Restores the newest backup; returns where the run resumed, or None for a fresh start."""
-    resumed_at = trainer.restore()
-    if not resumed_at:
+def redraws_in_place() -> bool:
+    """Whether standard output shows a progress bar redrawn in place (a terminal or a
+    notebook); a file or a pipe would keep every redraw, escape codes and all."""
+    return sys.stdout.isatty() or "ipykernel" in sys.modules
+
+
+def resumed_from(trainer: loop.Trainer) -> dict | None:
+    """Where a restored run resumes (logged), or None for a fresh start."""
+    if not trainer.step:
         return None
-    epoch, step = divmod(resumed_at, trainer.steps_per_epoch)
-    logging.info("resumed at epoch %d, step %d", epoch + 1, step)
-    return {"epoch": epoch + 1, "step": step, "global_step": resumed_at}
+    epoch, step = divmod(trainer.step, trainer.steps_per_epoch)
+    logging.info("resumed at %s", trainer.position())
+    return {"epoch": epoch + 1, "step": step, "global_step": trainer.step}
 
 
 def log_epoch(record: loop.EpochRecord, batch_size: int) -> None:
@@ -138,6 +145,9 @@ def summarize(config: TrainConfig, runtime: Runtime, source: str, trainer: loop.
     """What summary.json records: the run's settings, its results and where it ran."""
     examples = [record.steps * config.batch_size for record in records]
     seconds = [record.seconds for record in records]
+    # The speed of the epochs after the first, which fills the input cache; of the first alone
+    # when there is no other.
+    timed = slice(1 if len(records) > 1 else 0, None)
     test_loss, test_accuracy = test
     pipelines = trainer.pipelines
     return {
@@ -150,8 +160,8 @@ def summarize(config: TrainConfig, runtime: Runtime, source: str, trainer: loop.
         "params": int(trainer.model.count_params()),
         "train_examples": pipelines.num_train, "test_examples": pipelines.num_test,
         "first_epoch_examples_per_sec": examples[0] / seconds[0] if records else None,
-        "train_examples_per_sec": (sum(examples[1:]) / sum(seconds[1:])
-                                   if len(records) > 1 else None),
+        "train_examples_per_sec": (sum(examples[timed]) / sum(seconds[timed])
+                                   if records else None),
         "trace_seconds": trainer.trace_seconds,
         "strategy": runtime.choices.strategy,
         "replicas": runtime.strategy.num_replicas_in_sync,
@@ -193,12 +203,13 @@ def _run(config: TrainConfig, cluster: distribute.Cluster) -> Result:
     if cluster.is_chief and config.export:
         files.make_directory(config.export_dir)  # Fails now rather than after training.
     trainer = build_trainer(config, runtime, pipelines, workdir.backup_dir)
-    resumed_from = resume(trainer)
+    trainer.restore()
     finished = workdir.finished_summary()
     if trainer.step >= trainer.total_steps and finished:
         logging.info("Run in %s already finished; not retraining (use another --workdir for a "
                      "new run)", config.workdir)
         return Result(finished, trainer.model, workdir.history)
+    resumed = resumed_from(trainer)
 
     def on_epoch_end(record: loop.EpochRecord) -> None:
         log_epoch(record, config.batch_size)
@@ -208,7 +219,7 @@ def _run(config: TrainConfig, cluster: distribute.Cluster) -> Result:
     test = trainer.evaluate(pipelines.test)
     logging.info("Test accuracy %.4f, loss %.4f", test[1], test[0])
     summary = summarize(config, runtime, arrays.source, trainer, records, workdir.history, test,
-                        resumed_from)
+                        resumed)
     logging.info("Final weights digest %s (worker %d)", summary["weights_digest"],
                  cluster.task_index)
     if cluster.is_chief and config.export:
@@ -218,7 +229,9 @@ def _run(config: TrainConfig, cluster: distribute.Cluster) -> Result:
             class_names=data.CLASS_NAMES[config.dataset])
         logging.info("Exported %s", summary["export_path"])
     summary["wall_seconds"] = time.perf_counter() - started
-    logging.info("Wrote %s", workdir.write_summary(summary))
+    path = workdir.write_summary(summary)
+    if workdir.writes:  # The chief; the other workers only return the summary.
+        logging.info("Wrote %s", path)
     return Result(summary, trainer.model, workdir.history)
 
 

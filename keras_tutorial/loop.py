@@ -3,7 +3,8 @@
 Keras 3.15's `fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and its
 BackupAndRestore replays the first epochs' shuffles and restarts an epoch from batch 0. Here
 everything a step depends on (data order, learning rate, dropout state) follows from the seed
-and the checkpointed step counter, so the resumed run is the run that was interrupted.
+and the checkpointed step counter, so the resumed run is the run that was interrupted. Ctrl-C or
+SIGTERM (a preempted machine) stops training after the current call, backed up at that step.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_tutorial.data import Pipelines
-from keras_tutorial.errors import UserError
+from keras_tutorial.errors import Interrupted, UserError
 from keras_tutorial.fastpath import split_batch
+from keras_tutorial.stopping import STOP_SIGNALS, CaughtSignal, catch_stop_signals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,9 @@ class LoopConfig:
     num_workers: int = 1
     task_index: int = 0
     verbose: bool = True
+    # A bar redrawn at every call, for a terminal or a notebook; else one line per epoch, since
+    # a file or a pipe would keep every redraw.
+    progress_bar: bool = False
 
 
 @dataclasses.dataclass
@@ -244,16 +249,69 @@ class Trainer:
         self._train_steps(iterator, tf.constant(0))
         self.trace_seconds = time.perf_counter() - started
 
+    def position(self) -> str:
+        """Where training stands, as the resume and interrupt lines name it."""
+        if self.step >= self.total_steps:
+            return f"the end of epoch {self.config.epochs}"
+        epoch, step = divmod(self.step, self.steps_per_epoch)
+        return f"epoch {epoch + 1}, step {step}"
+
+    @tf.function(autograph=False)
+    def _count_caught(self, caught):
+        """For each of STOP_SIGNALS, the replicas of all workers whose worker caught it."""
+        return self.strategy.reduce("SUM", self.strategy.run(tf.identity, args=(caught,)),
+                                    axis=None)
+
+    # Not tf.distribute.experimental.PreemptionCheckpointHandler, which is made for another
+    # loop: it counts the calls of its `run` (one step each) in a variable it adds to the
+    # backup, restores the newest backup itself when made, watches SIGTERM only, with a handler
+    # it never takes back, and agrees on the step through coordination-service keys that can be
+    # set once in a cluster's life. When made, it asks GCE's metadata server where it runs, and
+    # on a GCE CPU VM it then does nothing.
+    def _agreed_stop(self, caught: CaughtSignal) -> int:
+        """The signal that stops training at this step (0: none). With several workers, all
+        stop if any caught one, since a backup is collective: each with its own signal, or
+        else SIGTERM if any worker caught it, else SIGINT."""
+        own = caught.number  # Read once: a signal may come while the workers compare theirs.
+        if self.config.num_workers == 1:
+            return own
+        counts = self._count_caught(tf.constant([float(own == s) for s in STOP_SIGNALS]))
+        return own or max((s for s, count in zip(STOP_SIGNALS, counts.numpy()) if count),
+                          default=0)
+
+    def _stop_if_asked(self, caught: CaughtSignal, backed_up: bool) -> None:
+        """Backs up (unless just done) and raises `Interrupted` if a stop signal came."""
+        signal_number = self._agreed_stop(caught)
+        if not signal_number:
+            return
+        if not backed_up:
+            self.backup()
+            if self.config.verbose and self.config.progress_bar:
+                print(flush=True)  # Ends the bar's line before the message.
+        raise Interrupted(f"interrupted at {self.position()}: run the same command to resume",
+                          signal_number)
+
     def train(self, on_epoch_end: Callable[[EpochRecord], None]) -> list[EpochRecord]:
-        """Runs the remaining epochs; returns the records of the epochs finished here."""
+        """Runs the remaining epochs; returns the records of the epochs finished here.
+
+        SIGINT or SIGTERM ends it with `Interrupted` after the current call (or, in an epoch's
+        last call, once the epoch is recorded), backed up there for an exact resume.
+        """
+        with catch_stop_signals() as caught:
+            return self._train(on_epoch_end, caught)
+
+    def _train(self, on_epoch_end: Callable[[EpochRecord], None],
+               caught: CaughtSignal) -> list[EpochRecord]:
         records = []
         while self.step < self.total_steps:
             epoch, done = divmod(self.step, self.steps_per_epoch)
+            epoch_end = (epoch + 1) * self.steps_per_epoch
             iterator = self._epoch_iterator(epoch, skip_steps=done)
             if not records:
                 self._trace(iterator)
-            progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=[
-                "loss", "accuracy"], verbose=1 if self.config.verbose else 0)
+            progress = keras.utils.Progbar(
+                self.steps_per_epoch, stateful_metrics=["loss", "accuracy"],
+                verbose=(1 if self.config.progress_bar else 2) if self.config.verbose else 0)
             if self.config.verbose:
                 print(f"Epoch {epoch + 1}/{self.config.epochs}", flush=True)
             loss_sum = correct_sum = 0.0
@@ -268,18 +326,22 @@ class Trainer:
                 progress.update(done + steps_here, [
                     ("loss", loss_sum / steps_here),
                     ("accuracy", correct_sum / (steps_here * self.config.global_batch_size))])
+                if self.step < epoch_end:  # The epoch's last call stops once it is recorded.
+                    self._stop_if_asked(caught, backed_up=False)
                 if backup_now:
                     self.backup()
             seconds = time.perf_counter() - started
             steps_here = self.steps_per_epoch - done
-            record = EpochRecord(epoch=epoch + 1, loss=loss_sum / steps_here,
-                                 accuracy=correct_sum / (steps_here * self.config.global_batch_size),
-                                 steps=steps_here, seconds=seconds)
+            record = EpochRecord(
+                epoch=epoch + 1, loss=loss_sum / steps_here,
+                accuracy=correct_sum / (steps_here * self.config.global_batch_size),
+                steps=steps_here, seconds=seconds)
             if self.pipelines.validation is not None:
                 record.val_loss, record.val_accuracy = self.evaluate(self.pipelines.validation)
             self.backup()
             records.append(record)
             on_epoch_end(record)
+            self._stop_if_asked(caught, backed_up=True)
         return records
 
     def examples_digest(self, epoch: int) -> str:

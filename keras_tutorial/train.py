@@ -88,7 +88,8 @@ def define_flags() -> None:
                          lower_bound=0)
     flags.DEFINE_bool("deterministic", d.deterministic, "Deterministic ops: a run killed and "
                       "resumed ends with weights bit-identical to an uninterrupted one (slower).")
-    flags.DEFINE_bool("verbose", d.verbose, "Show a progress bar during each epoch.")
+    flags.DEFINE_bool("verbose", d.verbose, "Show a progress bar during each epoch (one line "
+                      "per epoch when the output is not a terminal).")
 
 
 def main(argv: list[str]) -> None:

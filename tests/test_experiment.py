@@ -47,6 +47,11 @@ def test_a_finished_run_returns_its_summary_and_trained_model(tmp_path):
         assert (before == after).all()
 
 
+def test_a_one_epoch_run_reports_its_training_speed(tmp_path):
+    summary = experiment.run(_quick(tmp_path, epochs=1)).summary
+    assert summary["train_examples_per_sec"] == summary["first_epoch_examples_per_sec"] > 0
+
+
 @pytest.mark.parametrize("model, dataset, mirrored", [
     ("cnn", "fashion_mnist", True), ("cnn", "mnist", False), ("mlp", "fashion_mnist", False),
     ("lstm", "fashion_mnist", False)])

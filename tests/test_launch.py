@@ -36,6 +36,7 @@ def test_two_workers_train_identical_weights_on_different_examples(tmp_path):
     assert set(weights) == set(examples) == {"0", "1"}
     assert weights["0"] == weights["1"]
     assert examples["0"] != examples["1"]
+    assert re.findall(r"\[worker (\d)\] .*Wrote ", log) == ["0"]  # The chief alone writes.
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["1"]  # The chief alone.
     with open(tmp_path / "run" / "summary.json") as f:
         summary = json.load(f)

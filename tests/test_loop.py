@@ -90,6 +90,7 @@ def test_finished_run_is_not_retrained_and_other_flags_are_refused(tmp_path):
     digest = _summary(tmp_path)["weights_digest"]
     output = _finish(_train(tmp_path))
     assert "already finished" in output and "Epoch 1/" not in output
+    assert "resumed at" not in output
     assert _summary(tmp_path)["weights_digest"] == digest
     refused = _train(tmp_path, "--seed=5")
     output, _ = refused.communicate(timeout=120)
