@@ -17,17 +17,14 @@ import threading
 from typing import Any, NamedTuple
 
 from absl import logging
+from google.protobuf import json_format
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from keras_tutorial import rest, warmup
+from keras_tutorial import rest, versions, warmup
 from keras_tutorial.batching import Batcher
-from keras_tutorial.errors import UserError
-from keras_tutorial.versions import no_versions
 
-INFO_FILE = "export_info.json"  # Written by export.export_model beside the SavedModel.
 # An absolute path in a message: its last component is kept.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
 
@@ -45,26 +42,6 @@ class Version(NamedTuple):
     class_names: list[str] | None
 
 
-def version_dirs(export_dir: str) -> dict[int, str]:
-    """The complete versions in `export_dir`: numbered directories holding `saved_model.pb`."""
-    found = {}
-    for name in os.listdir(export_dir):
-        path = os.path.join(export_dir, name)
-        if name.isascii() and name.isdigit() and os.path.isfile(
-                os.path.join(path, "saved_model.pb")):
-            found[int(name)] = path
-    return found
-
-
-def check_export_dir(export_dir: str) -> None:
-    """Refuses to start on a directory that does not exist or holds no complete version, saying
-    which directory to serve when it is a version itself or a directory of export directories."""
-    if not os.path.isdir(export_dir):
-        raise UserError(f"export directory {export_dir} does not exist or is not a directory")
-    if not version_dirs(export_dir):
-        raise UserError(no_versions(export_dir, version_flag=False))
-
-
 def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
     """The SignatureDefs of the version's serving MetaGraph, as `saved_model.pb` holds them."""
     saved_model = saved_model_pb2.SavedModel()
@@ -75,17 +52,10 @@ def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
 
 
 def signature_defs_json(protos: dict[str, meta_graph_pb2.SignatureDef]) -> dict[str, dict]:
-    """SignatureDefs as TF Serving's metadata API writes them (proto JSON)."""
-    def tensor_info(info) -> dict:
-        return {"dtype": types_pb2.DataType.Name(info.dtype), "name": info.name,
-                "tensor_shape": {"dim": [{"size": str(dim.size), "name": dim.name}
-                                         for dim in info.tensor_shape.dim],
-                                 "unknown_rank": info.tensor_shape.unknown_rank}}
-
-    return {name: {"inputs": {key: tensor_info(v) for key, v in sorted(d.inputs.items())},
-                   "outputs": {key: tensor_info(v) for key, v in sorted(d.outputs.items())},
-                   "method_name": d.method_name, "defaults": {}}
-            for name, d in protos.items()}
+    """SignatureDefs as TF Serving's metadata API writes them: proto JSON with every field."""
+    return {name: json_format.MessageToDict(proto, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True)
+            for name, proto in protos.items()}
 
 
 def load_version(number: int, path: str) -> Version:
@@ -104,7 +74,7 @@ def load_version(number: int, path: str) -> Version:
 def _class_names(path: str) -> list[str] | None:
     """The class names in the version's export_info.json; None without a readable one."""
     try:
-        with open(os.path.join(path, INFO_FILE)) as f:
+        with open(os.path.join(path, versions.METADATA_FILE)) as f:
             names = json.load(f).get("class_names")
     except (OSError, ValueError, AttributeError):
         return None
@@ -126,27 +96,27 @@ class Repository:
         versions whose directories are gone (TF Serving unloads those too). An export directory
         that cannot be read raises OSError and changes nothing."""
         with self._lock:
-            found = version_dirs(self.export_dir)
-            versions = {n: v for n, v in self.versions.items() if n in found}
+            found = versions.complete_versions(self.export_dir)
+            loaded = {n: v for n, v in self.versions.items() if n in found}
             failed = {n: f for n, f in self.failed.items() if n in found}
             for number, path in sorted(found.items()):
-                if number in versions:
+                if number in loaded:
                     continue
                 stamp = _stamp(path)
                 if number in failed and failed[number][0] == stamp:
                     continue
                 try:
-                    versions[number] = load_version(number, path)
+                    loaded[number] = load_version(number, path)
                     failed.pop(number, None)
                     logging.info("Loaded version %d of %s from %s", number, self.name, path)
                 except Exception as e:  # A broken version must not stop the others serving.
                     failed[number] = (stamp, self._for_clients(str(e)))
                     logging.warning("Cannot load version %d of %s: %s", number, self.name, e)
-            if versions.keys() - self.versions.keys():
+            if loaded.keys() - self.versions.keys():
                 # A loaded version is 100,000s of Python objects that every full collection
                 # would scan again: batch-32 JSON requests (25,000 lists) ran 10x slower.
                 gc.freeze()
-            self.versions, self.failed = versions, failed
+            self.versions, self.failed = loaded, failed
 
     def find(self, model: str, number: int | None) -> Version:
         """The version a request names, the newest by default; TF Serving's 404 otherwise."""

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 import tensorflow as tf
+from tensorflow.core.protobuf import error_codes_pb2
 
 from keras_tutorial import json_arrays, versions
 
@@ -36,11 +37,6 @@ HTTP_STATUS = {"CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
                "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
                "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
                "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
-_CANONICAL = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
-              5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED",
-              8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION", 10: "ABORTED",
-              11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
-              15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
 
 # TF Serving's path patterns (model_servers/http_rest_api_util.cc), without version labels;
 # its RE2 `\d` is ASCII only.
@@ -365,8 +361,11 @@ def _json_values(name: str, array: np.ndarray) -> Any:
 
 def from_tf_error(error: tf.errors.OpError) -> RestError:
     """TensorFlow's error as TF Serving reports it: its code, and the line that says why."""
-    return RestError(_CANONICAL.get(error.error_code, "UNKNOWN"),
-                     versions.tf_error_reason(error))
+    try:
+        code = error_codes_pb2.Code.Name(error.error_code)  # TensorFlow's canonical names.
+    except ValueError:
+        code = "UNKNOWN"
+    return RestError(code if code in HTTP_STATUS else "UNKNOWN", versions.tf_error_reason(error))
 
 
 def dumps(payload: dict) -> bytes:

@@ -114,7 +114,8 @@ def _prepare(argv: list[str]) -> Servers:
     """The model's versions, loaded, the listening socket and the gRPC server, started; bad
     input as a UserError."""
     from keras_tutorial import grpc_api  # TensorFlow, once the flags are good.
-    from keras_tutorial.repository import Repository, check_export_dir
+    from keras_tutorial.repository import Repository
+    from keras_tutorial.versions import check_export_dir
 
     FLAGS = flags.FLAGS
     cli.no_arguments(argv)
@@ -122,7 +123,7 @@ def _prepare(argv: list[str]) -> Servers:
     name = FLAGS.model_name or os.path.basename(os.path.abspath(export_dir))
     if not name or "/" in name or ":" in name:
         raise UserError(f"model name '{name}' cannot appear in /v1/models/<name> URLs")
-    check_export_dir(export_dir)
+    check_export_dir(export_dir, version_flag=False)
     sock = listen(FLAGS.host, FLAGS.port)
     batcher = (Batcher(FLAGS.max_batch_size, FLAGS.batch_timeout_micros / 1e6)
                if FLAGS.enable_batching else None)

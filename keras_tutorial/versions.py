@@ -29,20 +29,40 @@ class ExportError(UserError):
 
 
 def versions(export_dir: str) -> list[int]:
-    """The integer versions present in `export_dir`, oldest first."""
+    """The version numbers taken in `export_dir`, oldest first: every numbered directory,
+    complete or not, so that an export never picks a number already there."""
     if not os.path.isdir(export_dir):
         return []
     return sorted(int(name) for name in os.listdir(export_dir)
-                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+                  if _numbered(name) and os.path.isdir(os.path.join(export_dir, name)))
+
+
+def complete_versions(export_dir: str) -> dict[int, str]:
+    """The versions that can be read, number -> directory: numbered directories holding
+    `saved_model.pb`. An export writes one in a hidden staging directory and renames it into
+    place, so a version never appears half-written."""
+    return {int(name): os.path.join(export_dir, name) for name in sorted(os.listdir(export_dir))
+            if is_version(os.path.join(export_dir, name))}
+
+
+def _numbered(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
+def check_export_dir(export_dir: str, version_flag: bool = True) -> None:
+    """Refuses a directory that does not exist or holds no complete version, saying which
+    directory to pass when it is a version itself or a directory of export directories;
+    `version_flag`: the command has --version."""
+    if not os.path.isdir(export_dir):
+        raise ExportError(f"export directory {export_dir} does not exist or is not a directory")
+    if not complete_versions(export_dir):
+        raise ExportError(no_versions(export_dir, version_flag))
 
 
 def version_path(export_dir: str, version: int | None = None) -> str:
-    """The directory of `version` under `export_dir`, by default of the newest version."""
-    if not os.path.isdir(export_dir):
-        raise ExportError(f"export directory {export_dir} does not exist or is not a directory")
-    found = versions(export_dir)
-    if not found:
-        raise ExportError(no_versions(export_dir, version_flag=True))
+    """The directory of complete `version` under `export_dir`, by default of the newest."""
+    check_export_dir(export_dir)
+    found = sorted(complete_versions(export_dir))
     if version is None:
         return os.path.join(export_dir, str(found[-1]))
     if version not in found:
@@ -53,8 +73,7 @@ def version_path(export_dir: str, version: int | None = None) -> str:
 
 def is_version(path: str) -> bool:
     """Whether `path` is a complete version: a numbered directory holding saved_model.pb."""
-    name = os.path.basename(os.path.abspath(path))
-    return (name.isascii() and name.isdigit()
+    return (_numbered(os.path.basename(os.path.abspath(path)))
             and os.path.isfile(os.path.join(path, "saved_model.pb")))
 
 

@@ -95,7 +95,7 @@ def test_bad_input_files_are_one_line_errors(export_dir, tmp_path, bordered_arra
 @pytest.mark.parametrize("break_it, version, message", [
     (lambda d: shutil.rmtree(d / "1"), None, "has no versions"),
     (lambda d: None, 7, "has no version 7, only 1"),
-    (lambda d: (d / "1" / "saved_model.pb").unlink(), None, "1 is not a SavedModel"),
+    (lambda d: (d / "1" / "saved_model.pb").unlink(), None, "has no versions"),
     (lambda d: (d / "1" / "saved_model.pb").write_bytes(b"garbage"), None,
      "cannot load the SavedModel"),
 ])

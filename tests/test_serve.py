@@ -22,7 +22,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 from keras_tutorial import data, export, rest
 from keras_tutorial.batching import Batcher
 from keras_tutorial.errors import UserError
-from keras_tutorial.repository import check_export_dir
+from keras_tutorial.versions import check_export_dir
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: "
                     "pip install -e '.[test,serve]'")
@@ -341,17 +341,17 @@ def test_a_wrong_type_says_where_encoded_image_files_go_only_when_it_holds_them(
 
 def test_an_empty_or_missing_export_directory_is_refused_in_one_line(tmp_path, export_dir):
     with pytest.raises(UserError, match="does not exist"):
-        check_export_dir(str(tmp_path / "missing"))
+        check_export_dir(str(tmp_path / "missing"), version_flag=False)
     os.makedirs(tmp_path / "empty" / "1")  # No saved_model.pb: not a version.
     with pytest.raises(UserError, match="has no versions"):
-        check_export_dir(str(tmp_path / "empty"))
+        check_export_dir(str(tmp_path / "empty"), version_flag=False)
     os.symlink(export_dir, tmp_path / "cnn")
     with pytest.raises(UserError) as excinfo:
-        check_export_dir(str(tmp_path / "cnn" / "1"))
+        check_export_dir(str(tmp_path / "cnn" / "1"), version_flag=False)
     assert str(excinfo.value) == (f"{tmp_path / 'cnn' / '1'} is version 1 of "
                                   f"{tmp_path / 'cnn'}: pass --export_dir={tmp_path / 'cnn'}")
     with pytest.raises(UserError) as excinfo:
-        check_export_dir(str(tmp_path))
+        check_export_dir(str(tmp_path), version_flag=False)
     assert str(excinfo.value) == (f"{tmp_path} has no versions; it holds the export "
                                   f"directories cnn: pass --export_dir={tmp_path / 'cnn'}")
 
