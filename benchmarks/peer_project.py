@@ -17,9 +17,10 @@ import numpy as np
 
 from keras_tutorial import cli
 
-# TensorFlow's import loads JAX, if installed, for TFLite: 0.4-0.5 s of start-up that the
-# project's own install (no bench extra) does not have. Imported as where JAX is absent, as
-# the Keras-JAX peer runs as where TensorFlow is, and as the project's commands import it.
+# TensorFlow's import loads JAX, if installed, for TFLite: start-up that the project's own
+# install (no bench extra) does not have (benchmarks/README.md). Imported as where JAX is
+# absent, as the Keras-JAX peer runs as where TensorFlow is, and as the project's commands
+# import it.
 sys.modules["jax"] = None
 try:
     cli.import_tensorflow()
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> None:
     config = config_for(args)
     runtime = experiment.set_up_runtime(config, distribute.Cluster())
     if args.params_only:
-        peer_common.emit("project", args, param_counts(experiment.build_model(config)))
+        model = experiment.build_model(config, runtime.choices)
+        peer_common.emit("project", args, param_counts(model))
         return
     arrays = data.load_npz(args.data)
     pipelines = dataclasses.replace(

@@ -34,8 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import flops, peers, report
-from keras_tutorial import (cli, data, distribute, experiment, export, fastpath, files, loop,
-                            models, objectives)
+from keras_tutorial import cli, data, distribute, experiment, export, files, loop, models
 from keras_tutorial.config import TrainConfig
 from keras_tutorial.errors import UserError
 
@@ -280,32 +279,20 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, epochs: int,
 def loop_rates(name: str, settings: Settings, pipelines: data.Pipelines, epochs: int,
                steps_per_execution: int | None = None, jit_compile: bool | None = None,
                ) -> tuple[list[float], keras.Model, float]:
-    """Examples/s of each epoch of the loop that `experiment.run` drives, on this machine's
-    default strategy, with its defaults and choices unless a variant is given; the trained
-    model; and the seconds spent tracing the training step before the first epoch."""
+    """Examples/s of each epoch of the loop that `experiment.run` drives, built as it builds it
+    (`experiment.build_trainer`) on this machine's default strategy, with its defaults and
+    choices unless a variant is given; the trained model; and the seconds spent tracing the
+    training step before the first epoch."""
     config = train_config(name, settings)
-    choices = machine_choices(name)
-    fast_paths = fastpath.usable(choices.fast_paths, name)
-    steps_per_execution = steps_per_execution or config.steps_per_execution
-    if jit_compile is None:
-        jit_compile = choices.jit_compile
-    strategy = tf.distribute.get_strategy()
-    keras.utils.set_random_seed(settings.seed)
-    model = experiment.build_model(config, fast_paths, choices.lstm_slices, jit_compile,
-                                   choices.lstm_fused_chain)
-    decay_steps = epochs * loop.steps_per_epoch(pipelines.num_train, settings.batch_size, 1)
-    optimizer = objectives.make_optimizer(config.optimizer, config.learning_rate, decay_steps,
-                                          fused=fast_paths)
+    config = dataclasses.replace(
+        config, epochs=epochs, verbose=False,
+        steps_per_execution=steps_per_execution or config.steps_per_execution,
+        jit_compile="auto" if jit_compile is None else str(jit_compile).lower())
+    runtime = experiment.set_up_runtime(config, distribute.Cluster())
     with tempfile.TemporaryDirectory() as backup_dir:
-        trainer = loop.Trainer(strategy, model, optimizer, objectives.make_loss(config.loss),
-                               pipelines, loop.LoopConfig(
-                                   epochs=epochs, global_batch_size=settings.batch_size,
-                                   seed=settings.seed, backup_dir=backup_dir,
-                                   steps_per_execution=steps_per_execution,
-                                   jit_compile=jit_compile,
-                                   step_slices=choices.step_slices, verbose=False))
+        trainer = experiment.build_trainer(config, runtime, pipelines, backup_dir)
         records = trainer.train(lambda record: None)
-    return ([r.steps * settings.batch_size / r.seconds for r in records], model,
+    return ([r.steps * settings.batch_size / r.seconds for r in records], trainer.model,
             trainer.trace_seconds)
 
 
@@ -391,7 +378,7 @@ def benchmark_model(name: str, settings: Settings, arrays: data.Arrays) -> dict:
     sizes, batch_size = settings.sizes, settings.batch_size
     config = train_config(name, settings)
     pipelines = model_pipelines(name, settings, arrays)
-    steps_per_epoch = math.ceil(pipelines.num_train / batch_size)
+    steps_per_epoch = loop.steps_per_epoch(pipelines.num_train, batch_size, 1)
     log(f"{name}: training on the pipeline, then serving")
     first, steady, model, trace_seconds = train_on_pipeline(name, settings, pipelines)
     log(f"  first epoch {first:,.0f}, steady {statistics.median(steady):,.0f} examples/s")

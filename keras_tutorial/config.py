@@ -108,9 +108,7 @@ class TrainConfig:
                               ("augment", AUGMENT_CHOICES), ("strategy", STRATEGIES),
                               ("precision", PRECISIONS), ("jit_compile", JIT_CHOICES),
                               ("fast_paths", FAST_PATH_CHOICES)):
-            if getattr(self, name) not in choices:
-                raise UserError(f"unknown {name} '{getattr(self, name)}', expected one of "
-                                f"{', '.join(choices)}")
+            check_choice(name, getattr(self, name), choices)
         for name in ("epochs", "batch_size", "steps_per_execution", "cpu_replicas"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -122,6 +120,14 @@ class TrainConfig:
                 raise UserError(f"{name} must be 0 or more, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+def check_choice(setting: str, value: str, choices: tuple[str, ...],
+                 error: type[UserError] = UserError) -> None:
+    """Raises `error`, one line naming the setting, its value and the choices, unless `value`
+    is one of `choices`: the check of `TrainConfig` and of the public builders alike."""
+    if value not in choices:
+        raise error(f"unknown {setting} '{value}', expected one of {', '.join(choices)}")
 
 
 def default_augmentation(model: str, dataset: str) -> str:

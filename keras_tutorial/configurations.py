@@ -14,13 +14,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import json
 import os
 import tempfile
 import time
 from typing import Iterator
-from unittest import mock
 
 from absl import flags
 
@@ -31,10 +29,9 @@ cli.import_tensorflow()  # Before any module that imports TensorFlow.
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow.python.framework import kernels  # noqa: E402
 
 from keras_tutorial import (  # noqa: E402
-    data, distribute, experiment, loop, models, objectives, versions)
+    data, distribute, experiment, fastpath, loop, models, versions)
 from keras_tutorial.config import TrainConfig  # noqa: E402
 from keras_tutorial.errors import UserError  # noqa: E402
 
@@ -101,7 +98,8 @@ def train_config(plan_: Plan, directory: str, max_examples: int, replicas: int) 
         model=plan_.model, dataset="synthetic", max_examples=max_examples, epochs=2,
         batch_size=BATCH_SIZE, validation_size=VALIDATION_SIZE, strategy=plan_.strategy,
         cpu_replicas=replicas, precision=choices.precision,
-        jit_compile=str(choices.jit_compile).lower(), fast_paths=str(choices.fast_paths).lower(),
+        jit_compile=str(choices.jit_compile).lower(),
+        fast_paths=str(bool(choices.fast_paths)).lower(),
         verbose=False,
         workdir=os.path.join(directory, "run"), export_dir=os.path.join(directory, "export"))
 
@@ -117,7 +115,7 @@ def plan_row(plan_: Plan) -> dict:
     """A plan's row of the table before anything runs."""
     return {"kind": plan_.kind, "model": plan_.model, "strategy": plan_.strategy,
             "precision": plan_.choices.precision, "xla": plan_.choices.jit_compile,
-            "fast_paths": plan_.choices.fast_paths, "unrun": list(plan_.unrun),
+            "fast_paths": list(plan_.choices.fast_paths), "unrun": list(plan_.unrun),
             "problems": []}
 
 
@@ -187,15 +185,6 @@ def check_export(path: str, model: keras.Model, images: np.ndarray) -> dict:
                                               == expected.argmax(1)))}
 
 
-@contextlib.contextmanager
-def traced_as_on_a_gpu() -> Iterator[None]:
-    """Keras's LSTM takes cuDNN's kernel only if it finds a GPU; here it is told it does, so
-    that a trace builds the graph a GPU would run (nothing is run)."""
-    rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
-    with mock.patch.object(rnn, "_is_gpu_available", lambda: True):
-        yield
-
-
 def gpu_trace(config: TrainConfig, choices: distribute.Choices) -> dict:
     """The training step of `config` with `choices` traced as a GPU traces it: whether the
     LSTM takes cuDNN's kernel, and every op without a kernel for it on a GPU (XLA's GPU
@@ -203,19 +192,12 @@ def gpu_trace(config: TrainConfig, choices: distribute.Choices) -> dict:
     _register_xla_kernels()
     pipelines = data.make_pipelines(data.synthetic_arrays(BATCH_SIZE, 1, config.seed),
                                     BATCH_SIZE, config.seed, 0)
-    with traced_as_on_a_gpu(), _precision(choices.precision), \
+    runtime = experiment.Runtime(choices, tf.distribute.get_strategy(), distribute.Cluster(),
+                                 choices.intra_op_threads)
+    with fastpath.lstm_traced_as_on_a_gpu(), _precision(choices.precision), \
             tempfile.TemporaryDirectory() as backup_dir:
-        model = experiment.build_model(config.resolved(), choices.fast_paths,
-                                       choices.lstm_slices, choices.jit_compile,
-                                       choices.lstm_fused_chain)
-        optimizer = objectives.make_optimizer(
-            config.optimizer, 1e-3, 1, loss_scaling=choices.precision == "mixed_float16",
-            fused=choices.fast_paths)
-        trainer = loop.Trainer(tf.distribute.get_strategy(), model, optimizer,
-                               objectives.make_loss(config.loss), pipelines, loop.LoopConfig(
-                                   epochs=1, global_batch_size=BATCH_SIZE, seed=config.seed,
-                                   backup_dir=backup_dir, jit_compile=choices.jit_compile,
-                                   step_slices=choices.step_slices))
+        trainer = experiment.build_trainer(dataclasses.replace(config.resolved(), epochs=1),
+                                           runtime, pipelines, backup_dir)
         step, gradients = trainer.traced_step(
             tf.TensorSpec((BATCH_SIZE,) + data.IMAGE_SHAPE, tf.uint8),
             tf.TensorSpec([BATCH_SIZE], tf.int32))
@@ -266,7 +248,7 @@ def _has_kernel(node, device_type: str) -> bool:
     return any(kernel.device_type in (device_type, "DEFAULT") and all(
         set(_attr_types(node.attr.get(c.name))) <= set(c.allowed_values.list.type)
         for c in kernel.constraint)
-        for kernel in kernels.get_registered_kernels_for_op(node.op).kernel)
+        for kernel in fastpath.registered_kernels(node.op))
 
 
 def _described(node) -> str:

@@ -18,8 +18,6 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from keras_tutorial.config import (FAST_PATH_CHOICES, JIT_CHOICES, PRECISIONS,  # noqa: F401
-                                   STRATEGIES)
 from keras_tutorial.errors import UserError
 
 
@@ -32,13 +30,12 @@ JIT_WHEN_AUTO = {
     "tpu": {"mlp": True, "cnn": True, "lstm": True},
 }
 
-# Threads one op may use on a CPU-only machine, by model and CPU vendor, where measured to beat
-# TensorFlow's default of every core (benchmarks/README.md). On the 2-core Intel Xeons the MLP's
-# matmuls were no faster on two threads, and one thread per op left the other core to
-# independent ops and the input pipeline (1.3x); on the 2-core AMD EPYC two threads do speed
-# them up, and the default trained the MLP 1.1-1.2x faster than one thread. The LSTM's two
-# batch slices each keep a core to themselves with one thread per op (1.06-1.12x on an Intel
-# Xeon), which holds only where there are as many cores as slices.
+# Threads one op may use on a CPU-only machine, by model and CPU vendor, where one thread was
+# measured to beat TensorFlow's default of every core (benchmarks/README.md, "Defaults and the
+# measurement behind each"). On Intel's 2-core Xeons the MLP's small matmuls gained nothing from
+# a second thread, which then ran the input pipeline and independent ops instead; on AMD's EPYC
+# two threads did speed them up. The LSTM's batch slices each keep a core to themselves, which
+# holds only where there are as many cores as slices.
 INTRA_OP_THREADS_ON_CPU = {("mlp", "GenuineIntel"): 1, ("lstm", "GenuineIntel"): 1}
 
 
@@ -56,17 +53,33 @@ class Devices:
 
 @dataclasses.dataclass(frozen=True)
 class Choices:
-    """How one model trains on one machine: every `auto` resolved."""
+    """How one model trains on one machine, final: every `auto` resolved and every consequence
+    worked out, so that the model, the optimizer and the loop read these fields and decide
+    nothing. The defaults are stock Keras on the default strategy in float32."""
 
-    strategy: str
-    device_kind: str
-    precision: str
-    jit_compile: bool
-    intra_op_threads: int
-    fast_paths: bool
-    lstm_slices: int
-    lstm_fused_chain: bool
-    step_slices: int
+    strategy: str = "default"
+    device_kind: str = "cpu"
+    precision: str = "float32"
+    loss_scaling: bool = False  # float16 gradients underflow unless the loss is scaled.
+    jit_compile: bool = False
+    intra_op_threads: int = 0  # 0: TensorFlow's default.
+    # The fast paths (fastpath.py), each on or off by itself.
+    fused_optimizer: bool = False  # FusedAdam or FusedSGD.
+    fused_batch_norm: bool = False  # The CNN's batch norm on TensorFlow's fused kernel.
+    lstm_slices: int = 1  # Parts of the LSTM's batch run side by side (BatchParallelLSTM).
+    lstm_fused_chain: bool = False  # Each of those parts as one `fused_lstm_chain`.
+    step_slices: int = 1  # Parts of the MLP's batch the training step runs side by side.
+    # Keras's LSTM may take cuDNN's kernel (it does where it finds a GPU); not in a step that
+    # XLA compiles, which has no such kernel.
+    lstm_cudnn: bool = True
+
+    @property
+    def fast_paths(self) -> tuple[str, ...]:
+        """The names of the fast paths on, as the log and summary.json list them."""
+        on = {"fused_optimizer": self.fused_optimizer, "fused_batch_norm": self.fused_batch_norm,
+              "lstm_slices": self.lstm_slices > 1, "lstm_fused_chain": self.lstm_fused_chain,
+              "step_slices": self.step_slices > 1}
+        return tuple(name for name, taken in on.items() if taken)
 
 
 def _cpu_threads_per_op(model: str, devices: Devices, lstm_slices: int) -> int:
@@ -79,51 +92,48 @@ def _cpu_threads_per_op(model: str, devices: Devices, lstm_slices: int) -> int:
 
 def choose(devices: Devices, model: str, strategy: str = "auto", precision: str = "auto",
            jit_compile: str = "auto", intra_op_threads: int | None = None,
-           fast_paths: str = "auto", deterministic: bool = False,
-           pooling: str = "max") -> Choices:
-    """Resolves every `auto` for `model` on `devices`: a pure function of its arguments.
+           fast_paths: str = "auto", deterministic: bool = False, pooling: str = "max",
+           batch_norm: bool = True) -> Choices:
+    """Resolves every `auto` for `model` on `devices`, settings as `TrainConfig` checked them:
+    a pure function of its arguments.
 
-    The fast paths (fastpath.py) and the batch slices were measured to pay on CPUs only, so
-    accelerators run stock Keras; the slices need the cores of a CPU even when the fast paths
-    are asked for elsewhere, and the LSTM's fused chains and the MLP's slices one thread per
-    op. The LSTM slices its batch inside its layer (`lstm_slices`), the MLP in the training
-    step (`step_slices`, `loop.LoopConfig`). XLA has no deterministic gradient of max pooling
-    ("GPU MaxPool gradient ops do not yet have a deterministic XLA implementation", raised on
-    CPUs too), so a deterministic CNN that pools so runs without it.
+    The fast paths and the batch slices were measured to pay on CPUs only, so accelerators run
+    stock Keras; the slices need a CPU's cores even when the fast paths are asked for elsewhere,
+    and the LSTM's fused chains and the MLP's step slices pay only with one thread per op, each
+    slice keeping a core. XLA compiles neither cuDNN's LSTM nor the fused chain's backward, so a
+    step it compiles has neither. XLA has no deterministic gradient of max pooling ("GPU
+    MaxPool gradient ops do not yet have a deterministic XLA implementation", raised on CPUs
+    too), so a deterministic CNN that pools so runs without it.
     """
     name = choose_strategy_name(strategy, devices.workers, devices.gpus, devices.tpu)
     if devices.workers > 1 and name != "multi_worker":
         raise UserError(f"TF_CONFIG describes {devices.workers} workers but --strategy={name}; "
                         "use --strategy=multi_worker or auto")
     kind = "tpu" if name == "tpu" else "gpu" if devices.gpus else "cpu"
-    for setting, value, allowed in (("jit_compile", jit_compile, JIT_CHOICES),
-                                    ("fast_paths", fast_paths, FAST_PATH_CHOICES)):
-        if value not in allowed:
-            raise UserError(f"unknown {setting} '{value}', expected one of {', '.join(allowed)}")
-    accelerated = bool(devices.gpus) or devices.tpu
-    on_cpu = kind == "cpu"
-    fast = on_cpu if fast_paths == "auto" else fast_paths == "true"
     xla_nondeterministic = deterministic and model == "cnn" and pooling == "max"
     if jit_compile == "true" and xla_nondeterministic:
         raise UserError("--deterministic with --jit_compile=true: XLA has no deterministic "
                         "gradient of max pooling; use --jit_compile=false or --pooling=average")
-    slices = 2 if fast and on_cpu and devices.cpu_cores > 1 else 1
-    threads = (intra_op_threads if intra_op_threads is not None else 0 if accelerated
+    jit = (JIT_WHEN_AUTO[kind][model] and not xla_nondeterministic if jit_compile == "auto"
+           else jit_compile == "true")
+    fast = kind == "cpu" if fast_paths == "auto" else fast_paths == "true"
+    slices = 2 if fast and kind == "cpu" and devices.cpu_cores > 1 else 1
+    threads = (intra_op_threads if intra_op_threads is not None else 0 if kind != "cpu"
                else _cpu_threads_per_op(model, devices, slices))
+    chosen_precision = choose_precision(precision, kind, devices.compute_capability)
     return Choices(
         strategy=name,
         device_kind=kind,
-        precision=choose_precision(precision, kind, devices.compute_capability),
-        jit_compile=(JIT_WHEN_AUTO[kind][model] and not xla_nondeterministic
-                     if jit_compile == "auto" else jit_compile == "true"),
+        precision=chosen_precision,
+        loss_scaling=chosen_precision == "mixed_float16",
+        jit_compile=jit,
         intra_op_threads=threads,
-        fast_paths=fast,
-        lstm_slices=slices,
-        # Both measured with one thread per op, where each slice keeps a core: the fused
-        # chains paid only there (1.07-1.17x, against 0.94-0.95x with two threads per op), and
-        # the MLP's slices 1.16-1.20x (benchmarks/README.md).
-        lstm_fused_chain=model == "lstm" and slices > 1 and threads == 1,
-        step_slices=slices if model == "mlp" and threads == 1 else 1)
+        fused_optimizer=fast,
+        fused_batch_norm=fast and model == "cnn" and batch_norm,
+        lstm_slices=slices if model == "lstm" else 1,
+        lstm_fused_chain=model == "lstm" and slices > 1 and threads == 1 and not jit,
+        step_slices=slices if model == "mlp" and threads == 1 else 1,
+        lstm_cudnn=not jit)
 
 
 def detect_devices(num_workers: int = 1) -> Devices:
@@ -172,8 +182,6 @@ def split_cpu(replicas: int) -> None:
     for: the default strategy runs on the first logical device (a notebook that split the CPU
     for a mirrored run can still train on one).
     """
-    if replicas < 1:
-        raise UserError(f"cpu_replicas must be at least 1, got {replicas}")
     cpu = tf.config.list_physical_devices("CPU")[0]
     if replicas == 1 or len(tf.config.get_logical_device_configuration(cpu) or [None]) == replicas:
         return
@@ -209,13 +217,12 @@ def read_cluster(tf_config: str | None) -> Cluster:
 def _tpu_present() -> bool:
     # Cheap signs only: probing for a TPU through its resolver can wait on a network metadata
     # server for a long time on machines that have none.
-    return bool(os.environ.get("TPU_NAME") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+    return bool(os.environ.get("TPU_NAME") or glob.glob("/dev/accel*")
+                or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def choose_strategy_name(requested: str, num_workers: int, num_gpus: int, tpu: bool) -> str:
     """Resolves `auto`: cluster -> multi_worker, TPU -> tpu, GPUs -> mirrored or one_device."""
-    if requested not in STRATEGIES:
-        raise UserError(f"unknown strategy '{requested}', expected one of {', '.join(STRATEGIES)}")
     if requested != "auto":
         return requested
     if num_workers > 1:
@@ -289,8 +296,6 @@ def _multi_worker() -> tf.distribute.MultiWorkerMirroredStrategy:
 def choose_precision(requested: str, kind: str, compute_capability: tuple[int, int] | None) -> str:
     """Resolves `auto`: bfloat16 on TPUs and GPUs of compute capability >= 8.0, float16 with
     loss scaling on older GPUs, float32 on CPUs (which gain nothing from half precision)."""
-    if requested not in PRECISIONS:
-        raise UserError(f"unknown precision '{requested}', expected one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested
     if kind == "tpu" or (kind == "gpu" and compute_capability and compute_capability >= (8, 0)):

@@ -22,13 +22,13 @@ from keras_tutorial.workdir import Workdir
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """How this process trains: the choices for this machine and what they set up."""
+    """How this process trains: the final choices for this machine and installation, and what
+    they set up."""
 
     choices: distribute.Choices
     strategy: tf.distribute.Strategy
     cluster: distribute.Cluster
     intra_op_threads: int
-    fast_paths: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,24 +41,25 @@ class Result:
 
 
 def set_up_runtime(config: TrainConfig, cluster: distribute.Cluster) -> Runtime:
-    """Chooses for this machine, then sets threads, CPU replicas, strategy, precision, seeds.
+    """Chooses for this machine, then sets threads, CPU replicas, strategy and precision, keeps
+    the fast paths that work with this installation, and seeds.
 
     Threads and CPU replicas can only be set before TensorFlow starts, so this comes first.
     """
     devices = distribute.detect_devices(cluster.num_workers)
     choices = distribute.choose(devices, config.model, config.strategy, config.precision,
                                 config.jit_compile, config.intra_op_threads, config.fast_paths,
-                                config.deterministic, config.pooling)
+                                config.deterministic, config.pooling, config.batch_norm)
     threads = distribute.set_intra_op_threads(choices.intra_op_threads,
                                               required=config.intra_op_threads is not None)
     distribute.split_cpu(config.cpu_replicas)
     strategy = distribute.make_strategy(choices.strategy, devices)
     distribute.set_precision(choices.precision)
-    fast_paths = fastpath.usable(choices.fast_paths, config.model)
+    choices = fastpath.usable(choices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    return Runtime(choices, strategy, cluster, threads, fast_paths)
+    return Runtime(choices, strategy, cluster, threads)
 
 
 def load_data(config: TrainConfig) -> tuple[data.Arrays, data.Pipelines]:
@@ -71,47 +72,45 @@ def load_data(config: TrainConfig) -> tuple[data.Arrays, data.Pipelines]:
     return arrays, pipelines
 
 
-def build_model(config: TrainConfig, fast_paths: bool = False, lstm_slices: int = 1,
-                jit_compile: bool = False, lstm_fused_chain: bool = False) -> keras.Model:
-    """The model of a resolved `config`; one trained on mirrored images averages its
-    predictions over each image and its mirror. A step that XLA compiles gets an LSTM that
-    takes neither cuDNN's kernel nor the fused chain's, which XLA cannot compile."""
+def build_model(config: TrainConfig,
+                choices: distribute.Choices = distribute.Choices()) -> keras.Model:
+    """The model of a resolved `config` with the layers `choices` hold (stock Keras by
+    default); one trained on mirrored images averages its predictions over each image and its
+    mirror."""
     return models.build(config.model, activation=config.activation, pooling=config.pooling,
                         batch_norm=config.batch_norm, average_mirrors=config.augment == "flip",
-                        fast_paths=fast_paths, lstm_slices=lstm_slices,
-                        lstm_fused_chain=lstm_fused_chain and not jit_compile,
-                        cudnn=not jit_compile)
+                        fused_batch_norm=choices.fused_batch_norm,
+                        lstm_slices=choices.lstm_slices, lstm_fused_chain=choices.lstm_fused_chain,
+                        lstm_cudnn=choices.lstm_cudnn)
 
 
 def build_trainer(config: TrainConfig, runtime: Runtime, pipelines: data.Pipelines,
                   backup_dir: str) -> loop.Trainer:
-    """The model and optimizer, built in the strategy's scope, in the resumable loop."""
-    cluster = runtime.cluster
+    """The model and optimizer, built in the strategy's scope, in the resumable loop: the one
+    place a trainer is made, for the command, the notebooks and the benchmarks alike."""
+    cluster, choices = runtime.cluster, runtime.choices
     decay_steps = config.epochs * loop.steps_per_epoch(pipelines.num_train, config.batch_size,
                                                        cluster.num_workers)
     with runtime.strategy.scope():
-        model = build_model(config, runtime.fast_paths, runtime.choices.lstm_slices,
-                            runtime.choices.jit_compile, runtime.choices.lstm_fused_chain)
+        model = build_model(config, choices)
         optimizer = objectives.make_optimizer(
             config.optimizer, config.learning_rate, decay_steps,
-            loss_scaling=runtime.choices.precision == "mixed_float16", fused=runtime.fast_paths)
+            loss_scaling=choices.loss_scaling, fused=choices.fused_optimizer)
     loop_config = loop.LoopConfig(
         epochs=config.epochs, global_batch_size=config.batch_size, seed=config.seed,
         backup_dir=backup_dir, steps_per_execution=config.steps_per_execution,
-        backup_every_steps=config.backup_every_steps, jit_compile=runtime.choices.jit_compile,
-        step_slices=runtime.choices.step_slices, num_workers=cluster.num_workers,
-        task_index=cluster.task_index, verbose=config.verbose and cluster.is_chief,
-        progress_bar=redraws_in_place())
+        backup_every_steps=config.backup_every_steps, choices=choices,
+        num_workers=cluster.num_workers, task_index=cluster.task_index,
+        verbose=config.verbose and cluster.is_chief, progress_bar=redraws_in_place())
     trainer = loop.Trainer(runtime.strategy, model, optimizer, objectives.make_loss(config.loss),
                            pipelines, loop_config)
-    choices = runtime.choices
     logging.info("Model %s: %d parameters; strategy %s with %d replicas on %d worker(s), global "
                  "batch %d (%d per replica); precision %s, jit %s, fast paths %s; %d epochs of "
                  "%d steps, %s at %g", config.model, model.count_params(), choices.strategy,
                  runtime.strategy.num_replicas_in_sync, cluster.num_workers, config.batch_size,
                  trainer.per_replica_batch_size, choices.precision, choices.jit_compile,
-                 runtime.fast_paths, config.epochs, trainer.steps_per_epoch, config.optimizer,
-                 config.learning_rate)
+                 ", ".join(choices.fast_paths) or "none", config.epochs,
+                 trainer.steps_per_epoch, config.optimizer, config.learning_rate)
     logging.info("Worker %d of %d reads examples with digest %s in epoch 1", cluster.task_index,
                  cluster.num_workers, trainer.examples_digest(0))
     return trainer
@@ -169,7 +168,7 @@ def summarize(config: TrainConfig, runtime: Runtime, source: str, trainer: loop.
         "per_replica_batch_size": trainer.per_replica_batch_size,
         "precision": runtime.choices.precision,
         "jit_compile": runtime.choices.jit_compile,
-        "fast_paths": runtime.fast_paths,
+        "fast_paths": list(runtime.choices.fast_paths),
         "steps_per_execution": config.steps_per_execution,
         "intra_op_threads": runtime.intra_op_threads,
         "deterministic": config.deterministic,

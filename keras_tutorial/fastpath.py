@@ -1,27 +1,38 @@
-"""Speed code that leans on Keras internals, fenced: used only where it was measured to pay.
+"""Speed code that leans on Keras and TensorFlow internals, fenced: every use of an internal is
+in this module.
 
 - `FusedAdam`, `FusedSGD`, `FusedBatchNormalization`: Keras's Adam, SGD with momentum and batch
   normalization, computed by TensorFlow's fused kernels. Keras 3 writes each as a dozen small
   ops, whose passes over memory cost a CPU as much as a small model's matmuls.
 - `BatchParallelLSTM`: an LSTM that runs parts of its batch as independent chains of ops, so that
   a CPU's cores work side by side, each chain in `fused_lstm_chain`'s fewer and larger ops.
+- `lstm_traced_as_on_a_gpu` and `registered_kernels`: what `configurations` needs to check, on
+  a machine without a GPU, the graph a GPU would run.
 
 All give the same results as stock Keras up to float rounding. They use private attributes
-(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`) and a raw TensorFlow op
-(`LSTMBlockCellGrad`), so `unavailable_reason` tries a model's once; where a release breaks
-them, training falls back to stock Keras with one logged line instead of failing.
-`distribute.choose` decides where they are on (CPUs only: benchmarks/README.md has the
-measurements).
+(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`, `renorm`) and a raw
+TensorFlow op (`LSTMBlockCellGrad`), so `usable` checks each fast path a run takes once, beside
+stock Keras; one that a release breaks is turned off by itself, with one logged line, and the
+run trains with stock Keras there instead of failing. `distribute.choose` decides where they
+are on (CPUs only: benchmarks/README.md has the measurements).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import importlib
+from typing import Iterator
+from unittest import mock
 
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import kernels
+
+from keras_tutorial import distribute
 
 
 @keras.saving.register_keras_serializable(package="keras_tutorial")
@@ -226,52 +237,113 @@ class BatchParallelLSTM(keras.layers.LSTM):
         return {**super().get_config(), "slices": self.slices, "fused": self.fused}
 
 
-def _try_optimizers() -> None:
-    variable = keras.Variable(np.zeros((2,), np.float32))
-    for optimizer in (FusedAdam(0.1), FusedSGD(0.1, momentum=0.9)):
-        optimizer.apply_gradients([(tf.ones((2,)), variable)])
+def _assert_close(fast, stock, what: str) -> None:
+    """Raises unless the fast path's values are stock Keras's up to float rounding."""
+    fast, stock = np.asarray(fast), np.asarray(stock)
+    if fast.shape != stock.shape or not np.allclose(fast, stock, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{what} differs from stock Keras's")
 
 
-def _try_batch_norm() -> None:
-    FusedBatchNormalization()(tf.ones((2, 2, 2, 1)), training=True)
+def _check_fused_optimizer() -> None:
+    """Two steps of Adam and of SGD with momentum, fused and stock, on one variable."""
+    gradient = tf.constant([0.5, -1.0, 2.0])
+    for fused, stock, kwargs in ((FusedAdam, keras.optimizers.Adam, {}),
+                                 (FusedSGD, keras.optimizers.SGD, {"momentum": 0.9})):
+        values = []
+        for optimizer in (fused(0.1, **kwargs), stock(0.1, **kwargs)):
+            variable = keras.Variable(np.ones(3, np.float32))
+            for _ in range(2):
+                optimizer.apply_gradients([(gradient, variable)])
+            values.append(variable.numpy())
+        _assert_close(*values, f"{fused.__name__}'s update")
 
 
-def _try_lstm() -> None:
-    BatchParallelLSTM(2, slices=2, fused=True)(tf.ones((2, 3, 1)))
-    # The fused chain's backward. Looked up, not run: running a gradient here cost every
-    # start 50-60 ms, and a released op keeps its inputs and attributes.
+def _check_fused_batch_norm() -> None:
+    """One training call, fused and stock: outputs and moving statistics."""
+    images = tf.reshape(tf.range(24, dtype=tf.float32) % 7, (2, 2, 2, 3))
+    results = []
+    for layer in (FusedBatchNormalization(dtype="float32"),
+                  keras.layers.BatchNormalization(dtype="float32")):
+        outputs = layer(images, training=True)
+        results.append([outputs, layer.moving_mean, layer.moving_variance])
+    for fast, stock in zip(*results):
+        _assert_close(fast, stock, "FusedBatchNormalization's training call")
+
+
+def _check_lstm(fused: bool) -> None:
+    """A BatchParallelLSTM's outputs against a stock LSTM's, same fixed weights. Forward only:
+    running a gradient too would make every start of an LSTM run slower."""
+    sequences = tf.reshape(tf.range(12, dtype=tf.float32) / 12, (2, 3, 2))
+    weights = [np.linspace(-1, 1, np.prod(shape), dtype=np.float32).reshape(shape)
+               for shape in ((2, 8), (2, 8), (8,))]
+    outputs = []
+    for layer in (BatchParallelLSTM(2, slices=2, fused=fused, use_cudnn=False, dtype="float32"),
+                  keras.layers.LSTM(2, use_cudnn=False, dtype="float32")):
+        layer.build(sequences.shape)
+        layer.set_weights(weights)
+        outputs.append(layer(sequences))
+    _assert_close(*outputs, "fused_lstm_chain's output" if fused else "BatchParallelLSTM's output")
+
+
+def _check_lstm_slices() -> None:
+    _check_lstm(fused=False)
+
+
+def _check_lstm_fused_chain() -> None:
+    _check_lstm(fused=True)
+    # Its backward's kernel, looked up, not run: a released op keeps its inputs and attributes.
     _ = tf.raw_ops.LSTMBlockCellGrad
 
 
-# The fast paths each model trains with. A run tries only its own: the LSTM's try alone is
-# 0.1 s of every start on a 2-core CPU.
-_TRIES = {"mlp": (_try_optimizers,), "cnn": (_try_optimizers, _try_batch_norm),
-          "lstm": (_try_optimizers, _try_lstm)}
+# Each fast path that uses internals, with its check and the fields that turn it off. The MLP's
+# step slices use none. A run checks only the fast paths it takes.
+_CHECKS = {"fused_optimizer": _check_fused_optimizer,
+           "fused_batch_norm": _check_fused_batch_norm,
+           "lstm_slices": _check_lstm_slices,
+           "lstm_fused_chain": _check_lstm_fused_chain}
+_OFF = {"fused_optimizer": {"fused_optimizer": False},
+        "fused_batch_norm": {"fused_batch_norm": False},
+        "lstm_slices": {"lstm_slices": 1, "lstm_fused_chain": False},
+        "lstm_fused_chain": {"lstm_fused_chain": False}}
 
 
 @functools.cache
-def unavailable_reason(model: str | None = None) -> str | None:
-    """Why the fast paths of `model` (of every model, for None) fail with this Keras and
-    TensorFlow, or None when they work."""
-    tries = _TRIES[model] if model else (_try_optimizers, _try_batch_norm, _try_lstm)
+def unavailable_reason(fast_path: str) -> str | None:
+    """Why `fast_path` (one of `_CHECKS`) fails, or computes otherwise than stock Keras, with
+    this Keras and TensorFlow; None when it works."""
     try:
-        for attempt in tries:
-            attempt()
+        _CHECKS[fast_path]()
     except Exception as e:  # Whatever a changed internal raises, stock Keras still works.
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return None
 
 
-def usable(wanted: bool, model: str | None = None) -> bool:
-    """Whether to use `model`'s fast paths: wanted here and working with this Keras (else one
-    line)."""
-    if not wanted:
-        return False
-    reason = unavailable_reason(model)
-    if reason:
-        logging.warning("Fast paths off, stock Keras instead: they fail with Keras %s (%s)",
-                        keras.__version__, reason)
-    return reason is None
+def usable(choices: distribute.Choices) -> distribute.Choices:
+    """`choices` less each fast path that fails with this installation, with one logged line
+    each: the one step between `distribute.choose` and what a run builds."""
+    for fast_path in _CHECKS:
+        if fast_path not in choices.fast_paths:  # Not taken, or off with one it needs.
+            continue
+        reason = unavailable_reason(fast_path)
+        if reason:
+            logging.warning("Fast path %s off, stock Keras instead: it fails with Keras %s (%s)",
+                            fast_path, keras.__version__, reason)
+            choices = dataclasses.replace(choices, **_OFF[fast_path])
+    return choices
+
+
+@contextlib.contextmanager
+def lstm_traced_as_on_a_gpu() -> Iterator[None]:
+    """Keras's LSTM takes cuDNN's kernel only if it finds a GPU; inside this it is told it
+    does, so that a trace builds the graph a GPU would run (nothing is run)."""
+    rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+    with mock.patch.object(rnn, "_is_gpu_available", lambda: True):
+        yield
+
+
+def registered_kernels(op: str) -> list:
+    """The kernels TensorFlow has for `op`: each with its device type and type constraints."""
+    return list(kernels.get_registered_kernels_for_op(op).kernel)
 
 
 _STOCK_CLASSES = {FusedBatchNormalization: keras.layers.BatchNormalization,

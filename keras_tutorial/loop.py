@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_tutorial.data import Pipelines
+from keras_tutorial.distribute import Choices
 from keras_tutorial.errors import Interrupted, UserError
 from keras_tutorial.fastpath import split_batch
 from keras_tutorial.stopping import STOP_SIGNALS, CaughtSignal, catch_stop_signals
@@ -37,16 +38,26 @@ class LoopConfig:
     backup_dir: str
     steps_per_execution: int = 1
     backup_every_steps: int = 0
-    jit_compile: bool = False
-    # Parts of each replica's batch that the training step runs through the model side by
-    # side, for a CPU's cores; only for models whose examples never meet (no batch norm).
-    step_slices: int = 1
+    # The run's choices, as the model was built with them; the loop reads XLA and the step's
+    # batch slices from them.
+    choices: Choices = Choices()
     num_workers: int = 1
     task_index: int = 0
     verbose: bool = True
     # A bar redrawn at every call, for a terminal or a notebook; else one line per epoch, since
     # a file or a pipe would keep every redraw.
     progress_bar: bool = False
+
+    @property
+    def jit_compile(self) -> bool:
+        """Whether XLA compiles the gradients' part of the step."""
+        return self.choices.jit_compile
+
+    @property
+    def step_slices(self) -> int:
+        """Parts of each replica's batch that the training step runs through the model side by
+        side, for a CPU's cores; only for models whose examples never meet (no batch norm)."""
+        return self.choices.step_slices
 
 
 @dataclasses.dataclass
@@ -197,7 +208,7 @@ class Trainer:
                 gradients.get_concrete_function(images, labels))
 
     # The step functions are traced without AutoGraph: their loops and branches are TensorFlow's
-    # own, so rewriting their source (and the model's) would only add about 0.2 s to every start.
+    # own, so rewriting their source (and the model's) would only slow every start.
     @tf.function(autograph=False)
     def _train_steps(self, iterator, num_steps):
         def step(taken, loss_sum, correct_sum):

@@ -3,8 +3,8 @@
 Every builder takes raw uint8 images [batch,28,28,1], rescales them to [0,1] inside the model
 (so an exported model takes raw pixels) and returns float32 logits [batch,10]. A model trained
 on mirrored images can also average its logits over each image and its mirror when it predicts.
-Built with defaults, a model is stock Keras; the caller may ask for the fast paths of
-fastpath.py (`distribute.choose` says where they pay).
+Built with defaults, a model is stock Keras; the caller may ask for each fast path of
+fastpath.py by itself (`distribute.Choices` says which, where they pay).
 """
 
 from __future__ import annotations
@@ -13,19 +13,13 @@ import keras
 from keras import layers, ops
 
 from keras_tutorial import fastpath
-from keras_tutorial.config import ACTIVATIONS, MODELS, POOLINGS  # noqa: F401
+from keras_tutorial.config import ACTIVATIONS, MODELS, POOLINGS, check_choice
 from keras_tutorial.data import IMAGE_SHAPE, NUM_CLASSES
 from keras_tutorial.errors import UserError
 
 
-
 class ModelError(UserError):
     """A model setting that cannot be built; the message is one line meant for the user."""
-
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ModelError(f"unknown {what} '{value}', expected one of {', '.join(choices)}")
 
 
 @keras.saving.register_keras_serializable(package="keras_tutorial")
@@ -65,7 +59,7 @@ def _logits(x: keras.KerasTensor, average_mirrors: bool) -> keras.KerasTensor:
 def mlp(hidden_units: tuple[int, ...] = (256,), activation: str = "relu",
         dropout: float = 0.0, average_mirrors: bool = False) -> keras.Model:
     """The tutorial's network: 784 pixels -> 256 ReLU units -> 10 logits, by default."""
-    _check_choice("activation", activation, ACTIVATIONS)
+    check_choice("activation", activation, ACTIVATIONS, ModelError)
     images, x = _image_input(average_mirrors)
     x = layers.Flatten(name="flatten")(x)
     for i, units in enumerate(hidden_units):
@@ -83,10 +77,10 @@ def cnn(filters: tuple[int, ...] = (32, 64, 128), kernel_size: int = 3, pooling:
 
     Every block but the last halves the map with pooling (28 -> 26 -> 13 -> 11 -> 5 -> 3 by
     default). A block pools before it normalises and activates: max pooling commutes with
-    ReLU, and batch norm over the pooled map costs a quarter as much (1.7x faster on CPU).
+    ReLU, and batch norm over the pooled map costs a quarter as much (benchmarks/README.md).
     """
-    _check_choice("activation", activation, ACTIVATIONS)
-    _check_choice("pooling", pooling, POOLINGS)
+    check_choice("activation", activation, ACTIVATIONS, ModelError)
+    check_choice("pooling", pooling, POOLINGS, ModelError)
     pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D
     norm = fastpath.FusedBatchNormalization if fused_batch_norm else layers.BatchNormalization
     images, x = _image_input(average_mirrors)
@@ -126,22 +120,21 @@ def lstm(units: int = 128, dense_units: int = 0, average_mirrors: bool = False,
 
 
 def build(name: str, activation: str = "relu", pooling: str = "max",
-          batch_norm: bool = True, average_mirrors: bool = False, fast_paths: bool = False,
-          lstm_slices: int = 1, lstm_fused_chain: bool = False, cudnn: bool = True,
-          ) -> keras.Model:
+          batch_norm: bool = True, average_mirrors: bool = False,
+          fused_batch_norm: bool = False, lstm_slices: int = 1, lstm_fused_chain: bool = False,
+          lstm_cudnn: bool = True) -> keras.Model:
     """Builds a model by name with its default shape; the tutorial's knobs where they apply.
 
     `average_mirrors` suits a model trained on randomly mirrored images: it has learned both
-    orientations, and averaging them when predicting removes some of each one's errors.
-    `fast_paths` uses fastpath.py's layers: the fused batch norm, and `lstm_slices` batch slices,
-    each a fused chain of ops with `lstm_fused_chain`; `cudnn=False` keeps the LSTM off cuDNN's
-    kernel (for XLA).
+    orientations, and averaging them when predicting removes some of each one's errors. The
+    CNN's and the LSTM's fast paths are taken as given (`distribute.Choices` holds them), each
+    by itself; settings for another model are not read.
     """
-    _check_choice("model", name, MODELS)
+    check_choice("model", name, MODELS, ModelError)
     if name == "mlp":
         return mlp(activation=activation, average_mirrors=average_mirrors)
     if name == "cnn":
         return cnn(activation=activation, pooling=pooling, batch_norm=batch_norm,
-                   average_mirrors=average_mirrors, fused_batch_norm=fast_paths)
-    return lstm(average_mirrors=average_mirrors, slices=lstm_slices if fast_paths else 1,
-                fused_chain=lstm_fused_chain, cudnn=cudnn)
+                   average_mirrors=average_mirrors, fused_batch_norm=fused_batch_norm)
+    return lstm(average_mirrors=average_mirrors, slices=lstm_slices,
+                fused_chain=lstm_fused_chain, cudnn=lstm_cudnn)

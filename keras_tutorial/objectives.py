@@ -8,8 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_tutorial import data, fastpath
-from keras_tutorial.config import LOSSES, OPTIMIZERS, SGD_MOMENTUM  # noqa: F401
-
+from keras_tutorial.config import LOSSES, OPTIMIZERS, SGD_MOMENTUM, check_choice
 
 
 # Registered so that a compiled model can be cloned or saved with its loss.
@@ -28,6 +27,7 @@ def sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 def make_loss(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """The per-example loss (labels, logits) -> [batch]; the loop averages it."""
+    check_choice("loss", name, LOSSES)
     return sparse_cross_entropy if name == "cross_entropy" else mean_squared_error_on_probabilities
 
 
@@ -38,6 +38,7 @@ def make_optimizer(name: str, learning_rate: float, decay_steps: int, loss_scali
     `fused` applies the same update with one TensorFlow kernel per variable (fastpath.py);
     `loss_scaling` wraps it for float16 training.
     """
+    check_choice("optimizer", name, OPTIMIZERS)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1))
     if name == "adam":
         optimizer = (fastpath.FusedAdam if fused else keras.optimizers.Adam)(schedule)

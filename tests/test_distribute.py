@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 import os
@@ -34,34 +33,78 @@ GPUS, TPU = (distribute.Devices(gpus=4, compute_capability=(9, 0), cpu_cores=32)
              distribute.Devices(tpu=True, cpu_cores=96))
 
 
-# What each machine gets with every flag at `auto`, as docs/scale.md and `--help` say:
-# (strategy, device kind, precision, XLA, threads per op, fast paths, LSTM slices, fused
-# LSTM chains, step slices).
-@pytest.mark.parametrize("devices, model, expected", [
-    (CPU, "mlp", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (INTEL, "mlp", ("default", "cpu", "float32", False, 1, True, 2, False, 2)),
-    (AMD, "mlp", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (INTEL, "cnn", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (CPU, "cnn", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (CPU, "lstm", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (INTEL, "lstm", ("default", "cpu", "float32", False, 1, True, 2, True, 1)),
-    (AMD, "lstm", ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (distribute.Devices(cpu_cores=8, cpu_vendor="GenuineIntel"), "lstm",
-     ("default", "cpu", "float32", False, 0, True, 2, False, 1)),
-    (distribute.Devices(cpu_cores=1), "lstm",
-     ("default", "cpu", "float32", False, 0, True, 1, False, 1)),
-    (distribute.Devices(cpu_cores=1, cpu_vendor="GenuineIntel"), "mlp",
-     ("default", "cpu", "float32", False, 1, True, 1, False, 1)),
-    (GPU_AMPERE, "mlp", ("one_device", "gpu", "mixed_bfloat16", True, 0, False, 1, False, 1)),
-    (GPU_AMPERE, "lstm", ("one_device", "gpu", "mixed_bfloat16", False, 0, False, 1, False, 1)),
-    (GPU_VOLTA, "cnn", ("one_device", "gpu", "mixed_float16", True, 0, False, 1, False, 1)),
-    (GPUS, "cnn", ("mirrored", "gpu", "mixed_bfloat16", True, 0, False, 1, False, 1)),
-    (TPU, "lstm", ("tpu", "tpu", "mixed_bfloat16", True, 0, False, 1, False, 1)),
-    (distribute.Devices(workers=2, cpu_cores=2, cpu_vendor="GenuineIntel"), "mlp",
-     ("multi_worker", "cpu", "float32", False, 1, True, 2, False, 2)),
+MODELS = ("mlp", "cnn", "lstm")
+NO_XLA = dict.fromkeys(MODELS, False)
+XLA_BUT_LSTM = {"mlp": True, "cnn": True, "lstm": False}
+
+
+# docs/scale.md's table: the strategy, precision and XLA each machine gets with every flag at
+# `auto`.
+@pytest.mark.parametrize("devices, strategy, precision, loss_scaling, xla", [
+    (CPU, "default", "float32", False, NO_XLA),
+    (GPU_AMPERE, "one_device", "mixed_bfloat16", False, XLA_BUT_LSTM),
+    (GPU_VOLTA, "one_device", "mixed_float16", True, XLA_BUT_LSTM),
+    (GPUS, "mirrored", "mixed_bfloat16", False, XLA_BUT_LSTM),
+    (TPU, "tpu", "mixed_bfloat16", False, dict.fromkeys(MODELS, True)),
+    (distribute.Devices(workers=2, cpu_cores=2), "multi_worker", "float32", False, NO_XLA),
 ])
-def test_auto_chooses_per_machine_as_documented(devices, model, expected):
-    assert dataclasses.astuple(distribute.choose(devices, model)) == expected
+def test_each_machine_gets_its_documented_strategy_precision_and_xla(
+        devices, strategy, precision, loss_scaling, xla):
+    for model in MODELS:
+        choices = distribute.choose(devices, model)
+        assert (choices.strategy, choices.precision, choices.loss_scaling) == (
+            strategy, precision, loss_scaling), model
+        assert choices.jit_compile is xla[model], model
+
+
+# The fast paths and threads per op each CPU gets with every flag at `auto`; accelerators run
+# stock Keras with TensorFlow's threads.
+@pytest.mark.parametrize("devices, model, fast_paths, threads", [
+    (CPU, "mlp", ("fused_optimizer",), 0),
+    (INTEL, "mlp", ("fused_optimizer", "step_slices"), 1),
+    (AMD, "mlp", ("fused_optimizer",), 0),
+    (CPU, "cnn", ("fused_optimizer", "fused_batch_norm"), 0),
+    (INTEL, "cnn", ("fused_optimizer", "fused_batch_norm"), 0),
+    (CPU, "lstm", ("fused_optimizer", "lstm_slices"), 0),
+    (INTEL, "lstm", ("fused_optimizer", "lstm_slices", "lstm_fused_chain"), 1),
+    (AMD, "lstm", ("fused_optimizer", "lstm_slices"), 0),
+    (distribute.Devices(cpu_cores=8, cpu_vendor="GenuineIntel"), "lstm",
+     ("fused_optimizer", "lstm_slices"), 0),
+    (distribute.Devices(cpu_cores=1), "lstm", ("fused_optimizer",), 0),
+    (distribute.Devices(cpu_cores=1, cpu_vendor="GenuineIntel"), "mlp", ("fused_optimizer",), 1),
+    (distribute.Devices(workers=2, cpu_cores=2, cpu_vendor="GenuineIntel"), "mlp",
+     ("fused_optimizer", "step_slices"), 1),
+    (GPU_AMPERE, "mlp", (), 0),
+    (GPU_VOLTA, "cnn", (), 0),
+    (GPUS, "lstm", (), 0),
+    (TPU, "lstm", (), 0),
+])
+def test_cpus_take_the_fast_paths_measured_to_pay_there(devices, model, fast_paths, threads):
+    choices = distribute.choose(devices, model)
+    assert choices.fast_paths == fast_paths
+    assert choices.intra_op_threads == threads
+    assert choices.lstm_slices == (2 if "lstm_slices" in fast_paths else 1)
+    assert choices.step_slices == (2 if "step_slices" in fast_paths else 1)
+
+
+def test_the_lstm_takes_cudnn_s_kernel_on_a_gpu_unless_xla_compiles_the_step():
+    assert distribute.choose(GPU_AMPERE, "lstm").lstm_cudnn
+    for xla in (distribute.choose(TPU, "lstm"),
+                distribute.choose(GPU_AMPERE, "lstm", jit_compile="true"),
+                distribute.choose(INTEL, "lstm", jit_compile="true")):
+        # XLA compiles neither cuDNN's LSTM nor the fused chain's backward.
+        assert xla.jit_compile and not xla.lstm_cudnn and not xla.lstm_fused_chain
+
+
+def test_each_choice_applies_only_where_it_can():
+    assert distribute.choose(CPU, "mlp", precision="mixed_float16").loss_scaling
+    assert not distribute.choose(CPU, "mlp", precision="mixed_bfloat16").loss_scaling
+    # Batch slices only for the model that slices there, and no fused batch norm without one.
+    for model, lstm_slices, step_slices in (("mlp", 1, 2), ("cnn", 1, 1), ("lstm", 2, 1)):
+        choices = distribute.choose(INTEL, model)
+        assert (choices.lstm_slices, choices.step_slices) == (lstm_slices, step_slices), model
+    assert not distribute.choose(CPU, "cnn", batch_norm=False).fused_batch_norm
+    assert not distribute.choose(CPU, "mlp").fused_batch_norm
 
 
 def test_cpu_vendor_is_read_from_cpuinfo(tmp_path):
@@ -83,14 +126,13 @@ def test_explicit_choices_override_auto():
 
 
 def test_fast_paths_can_be_forced_either_way():
-    assert dataclasses.astuple(distribute.choose(INTEL, "lstm", fast_paths="false"))[5:] == \
-        (False, 1, False, 1)
-    assert dataclasses.astuple(distribute.choose(INTEL, "mlp", fast_paths="false"))[5:] == \
-        (False, 1, False, 1)
-    assert dataclasses.astuple(distribute.choose(GPU_AMPERE, "cnn", fast_paths="true"))[5:] == \
-        (True, 1, False, 1)
+    assert distribute.choose(INTEL, "lstm", fast_paths="false").fast_paths == ()
+    assert distribute.choose(INTEL, "mlp", fast_paths="false").fast_paths == ()
+    assert distribute.choose(GPU_AMPERE, "cnn", fast_paths="true").fast_paths == (
+        "fused_optimizer", "fused_batch_norm")
     # The LSTM's batch slices are for a CPU's cores, not a GPU's.
-    assert distribute.choose(GPU_AMPERE, "lstm", fast_paths="true").lstm_slices == 1
+    assert distribute.choose(GPU_AMPERE, "lstm", fast_paths="true").fast_paths == (
+        "fused_optimizer",)
 
 
 def test_a_deterministic_cnn_that_max_pools_runs_without_xla():
@@ -103,17 +145,9 @@ def test_a_deterministic_cnn_that_max_pools_runs_without_xla():
         distribute.choose(CPU, "cnn", jit_compile="true", deterministic=True)
 
 
-@pytest.mark.parametrize("devices, settings, message", [
-    (CPU, {"strategy": "best"}, "unknown strategy 'best'"),
-    (CPU, {"precision": "int8"}, "unknown precision 'int8'"),
-    (CPU, {"jit_compile": "maybe"}, "unknown jit_compile 'maybe'"),
-    (CPU, {"fast_paths": "sometimes"}, "unknown fast_paths 'sometimes'"),
-    (distribute.Devices(workers=2), {"strategy": "mirrored"},
-     "TF_CONFIG describes 2 workers but --strategy=mirrored"),
-])
-def test_impossible_choices_are_one_line_errors(devices, settings, message):
-    with pytest.raises(UserError, match=message):
-        distribute.choose(devices, "mlp", **settings)
+def test_a_cluster_needs_the_multi_worker_strategy():
+    with pytest.raises(UserError, match="TF_CONFIG describes 2 workers but --strategy=mirrored"):
+        distribute.choose(distribute.Devices(workers=2), "mlp", strategy="mirrored")
 
 
 def test_threads_per_op_cannot_change_once_tensorflow_runs():
@@ -181,7 +215,7 @@ def test_mirrored_over_two_cpu_replicas(tmp_path):
     assert report["losses"][-1] < report["losses"][0]
     assert report["identical"]
     assert report["accuracy"] > 0.6
-    assert math.isfinite(report["fit_loss"])
+    assert report["fit_loss"] < math.log(10)  # Below chance's loss: `fit` learns too.
 
 
 def _train_cli(*flags, env=None):

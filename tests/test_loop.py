@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tutorial import data, loop, models, objectives
+from keras_tutorial import data, distribute, loop, models, objectives
 
 QUICK_RUN = ["--model=mlp", "--dataset=synthetic", "--max_examples=2000", "--validation_size=200",
              "--batch_size=32", "--epochs=4", "--steps_per_execution=1", "--noexport"]
@@ -163,7 +163,8 @@ def _trainer_with_slices(tmp_path, step_slices: int) -> loop.Trainer:
                         objectives.make_loss("cross_entropy"), pipelines,
                         loop.LoopConfig(epochs=1, global_batch_size=33, seed=0,
                                         backup_dir=str(tmp_path / str(step_slices)),
-                                        step_slices=step_slices, verbose=False))
+                                        choices=distribute.Choices(step_slices=step_slices),
+                                        verbose=False))
 
 
 def test_step_slices_train_the_model_as_the_whole_batch_does(tmp_path):

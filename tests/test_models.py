@@ -78,13 +78,25 @@ def test_cnn_with_and_without_batch_norm():
     assert np.all(np.isfinite(without(images)))
 
 
-def test_fast_paths_only_when_asked():
-    assert "FusedBatchNormalization" in _layer_types(models.build("cnn", fast_paths=True))
-    assert "FusedBatchNormalization" not in _layer_types(models.build("cnn"))
-    assert _layer_types(models.build("lstm", fast_paths=True, lstm_slices=2))[-2] == \
-        "BatchParallelLSTM"
-    assert _layer_types(models.build("lstm", lstm_slices=2))[-2] == "LSTM"
-    assert _layer_types(models.build("lstm", fast_paths=True, lstm_slices=1))[-2] == "LSTM"
+@pytest.mark.parametrize("name", models.MODELS)
+def test_a_model_is_stock_keras_unless_a_fast_path_is_asked_for(name):
+    model = models.build(name)
+    assert {type(layer).__module__.split(".")[0] for layer in model.layers} == {"keras"}
+
+
+@pytest.mark.parametrize("name, fast_paths, fast_layer", [
+    ("cnn", {"fused_batch_norm": True}, "FusedBatchNormalization"),
+    ("lstm", {"lstm_slices": 2}, "BatchParallelLSTM"),
+    ("lstm", {"lstm_slices": 2, "lstm_fused_chain": True}, "BatchParallelLSTM"),
+])
+def test_a_fast_path_asked_for_predicts_as_the_stock_model(name, fast_paths, fast_layer):
+    keras.utils.set_random_seed(0)
+    stock, fast = models.build(name), models.build(name, **fast_paths)
+    assert fast_layer in _layer_types(fast)
+    assert fast.count_params() == stock.count_params()
+    fast.set_weights(stock.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_allclose(fast(images), stock(images), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, message", [
