@@ -7,6 +7,9 @@ float32, `classes` [None] int64 and `class_names` [None] string:
 - `serve_images` takes `image_bytes` [None] string, encoded PNG, JPEG, GIF or BMP files, colour
   or gray, up to `images.MAX_SIDE` pixels a side and `images.MAX_PIXELS` in all, prepared
   inside the graph (images.py).
+
+Beside them, `model.keras` holds the same model for Keras (`keras.models.load_model`), in stock
+Keras only (`keras_copy`), compiled with the run's optimizer and loss where stock Keras has them.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import keras
 import tensorflow as tf
 
 import keras_tutorial
-from keras_tutorial import data, fastpath, files, images, versions, warmup
+from keras_tutorial import data, fastpath, files, images, models, versions, warmup
+from keras_tutorial.config import SGD_MOMENTUM
 
 SERVING_INPUT = "images"
 IMAGE_BYTES_INPUT = "image_bytes"
 SIGNATURES = ("serving_default", "serve_images")
+KERAS_FILE = "model.keras"
+MIRROR_LAYERS = (models.AppendMirrors, models.AverageMirrors)
 
 
 def serving_functions(model: keras.Model, class_names: tuple[str, ...],
@@ -54,6 +60,12 @@ def serving_functions(model: keras.Model, class_names: tuple[str, ...],
     return {"serving_default": serving_default, "serve_images": serve_images}
 
 
+def _stock_clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A stock Keras layer computing what `layer` computes; a recurrent one unrolled."""
+    unroll = {"unroll": True} if isinstance(layer, keras.layers.RNN) else {}
+    return fastpath.stock_layer(layer, **unroll)
+
+
 def serving_copy(model: keras.Model) -> keras.Model:
     """The model in stock Keras layers, recurrent ones unrolled, with the same weights.
 
@@ -61,13 +73,57 @@ def serving_copy(model: keras.Model) -> keras.Model:
     converts to TFLite's builtin ops, and its graph runs on any device, where a rolled LSTM
     traced on a GPU would bake cuDNN-only kernels into the SavedModel.
     """
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        unroll = {"unroll": True} if isinstance(layer, keras.layers.RNN) else {}
-        return fastpath.stock_layer(layer, **unroll)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
+    copy = keras.models.clone_model(model, clone_function=_stock_clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def keras_copy(model: keras.Model) -> keras.Model:
+    """`serving_copy` with nothing of this package, for `model.keras`: the same predictions,
+    uncompiled.
+
+    A model that averages over mirrors (`models.AppendMirrors`, `models.AverageMirrors`)
+    becomes its one-image network, a nested model called on the images and on their mirrors
+    (`keras.ops.flip`), the two logits averaged by `keras.layers.Average`.
+    """
+    def call_skipping_mirrors(layer, *args, **kwargs):
+        return args[0] if isinstance(layer, MIRROR_LAYERS) else layer(*args, **kwargs)
+
+    network = keras.models.clone_model(model, clone_function=_stock_clone,
+                                       call_function=call_skipping_mirrors)
+    network.set_weights(model.get_weights())
+    if not any(isinstance(layer, MIRROR_LAYERS) for layer in model.layers):
+        # A new model on the same layers: uncompiled, where a clone keeps the original's compile.
+        return keras.Model(network.input, network.output, name=model.name)
+    pixels = keras.Input(shape=data.IMAGE_SHAPE, dtype="uint8", name=SERVING_INPUT)
+    both = [network(pixels), network(keras.ops.flip(pixels, axis=2))]
+    logits = keras.layers.Average(dtype="float32", name="average_mirrors")(both)
+    return keras.Model(pixels, logits, name=f"{model.name}_averaged_over_mirrors")
+
+
+def compile_as_trained(model: keras.Model, run_config: dict) -> bool:
+    """Compiles `model` with the run's optimizer, at its starting learning rate, and loss, in
+    stock Keras; returns False, leaving it uncompiled, where stock Keras has no such loss
+    (mean squared error on softmax probabilities) or the run is not known."""
+    optimizer, rate = run_config.get("optimizer"), run_config.get("learning_rate")
+    if run_config.get("loss") != "cross_entropy" or optimizer not in ("adam", "sgd") or not rate:
+        return False
+    model.compile(
+        optimizer=(keras.optimizers.Adam(rate) if optimizer == "adam"
+                   else keras.optimizers.SGD(rate, momentum=SGD_MOMENTUM)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    # Built now, so that the file holds the optimizer's variables and loads without a warning.
+    model.optimizer.build(model.trainable_variables)
+    return True
+
+
+def write_keras_file(model: keras.Model, version_dir: str, run_config: dict) -> dict:
+    """Writes `model.keras` into `version_dir`; returns what export_info.json says of it."""
+    copy = keras_copy(model)
+    compiled = compile_as_trained(copy, run_config)
+    copy.save(os.path.join(version_dir, KERAS_FILE))
+    return {"file": KERAS_FILE, "compiled": compiled}
 
 
 def export_model(model: keras.Model, export_dir: str, metadata: dict | None = None,
@@ -77,7 +133,8 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
     The version is written to a hidden staging directory beside it and renamed into place,
     so a server watching `export_dir` never sees a half-written version; an existing version
     is never overwritten. `export_info.json` inside records `metadata` and the class names;
-    `assets.extra/` holds the warm-up requests TF Serving replays before serving it.
+    `assets.extra/` holds the warm-up requests TF Serving replays before serving it;
+    `model.keras` the model for Keras, compiled as `metadata["config"]` says the run trained.
     """
     names = tuple(class_names or data.CLASS_NAMES["mnist"])
     if len(names) != data.NUM_CLASSES:
@@ -91,7 +148,9 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict | None = No
             archive.add_endpoint(name, function)
         archive.write_out(staging, verbose=False)
         warmup.write(staging, warmup.requests(SERVING_INPUT, IMAGE_BYTES_INPUT))
+        keras_model = write_keras_file(model, staging, (metadata or {}).get("config", {}))
         info = {**(metadata or {}), "class_names": list(names), "signatures": list(SIGNATURES),
+                "keras_model": keras_model,
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "keras_tutorial_version": keras_tutorial.__version__,
                 "tensorflow_version": tf.__version__, "keras_version": keras.__version__}

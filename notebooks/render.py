@@ -3,25 +3,35 @@
     pip install -e ".[docs]"
     python notebooks/render.py                                  # all five, one after another
     python notebooks/render.py 03_convolutional_networks.ipynb  # only those named
+    python notebooks/render.py --quick 03_convolutional_networks.ipynb  # time quick mode only
+    python notebooks/render.py --docs_only                      # run nothing: rewrite the times
 
 Each notebook runs top to bottom with nbclient, in a kernel of this Python, without
 `KERAS_TUTORIAL_QUICK` and with `KERAS_TUTORIAL_DATASET=fashion_mnist`; nbconvert then writes
 `docs/notebooks/<name>.md` with its figures as PNG files in `docs/notebooks/<name>_files/`.
-The stored notebooks are not touched: they stay without outputs. The first line of a rendering
-records a digest of its notebook's code cells, which `tests/test_notebooks.py` compares with
-the notebook's own, so a notebook whose code changed fails the tests until it is rendered
-again. For the record in notebooks/README.md, the command prints each notebook's wall time
-and every line it printed about accuracy.
+The first line of a rendering records two digests: of its notebook's code cells, and of the
+source of every module of keras_tutorial that the code imports, directly or through other
+modules. `tests/test_notebooks.py` compares them with the current ones, so a notebook fails the
+tests until it is rendered again when its code or the package code it runs changed.
+
+Each run's wall time goes into docs/results.json, the one source of the times and accuracies
+the docs show (`--quick` runs in quick mode, renders nothing and records only its time). From
+it the command then rewrites the `**Run time.**` line of each notebook's introduction (the only
+change it makes to a stored notebook, which keeps no outputs) and the table of
+notebooks/README.md; `tests/test_numbers.py` checks every place that shows a number of it. The
+command also prints every line a notebook printed about accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import glob
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import sys
@@ -34,7 +44,14 @@ import nbformat
 from nbclient import NotebookClient
 
 NOTEBOOK_DIR = os.path.dirname(os.path.abspath(__file__))
-RENDER_DIR = os.path.join(os.path.dirname(NOTEBOOK_DIR), "docs", "notebooks")
+REPO = os.path.dirname(NOTEBOOK_DIR)
+RENDER_DIR = os.path.join(REPO, "docs", "notebooks")
+RESULTS = os.path.join(REPO, "docs", "results.json")
+README = os.path.join(NOTEBOOK_DIR, "README.md")
+PACKAGE = "keras_tutorial"
+RUN_TIME = re.compile(r"^\*\*Run time\.\*\*.*$", re.M)  # The introduction's line of run times.
+TABLE_START = "<!-- notebooks/render.py writes this table from docs/results.json. -->"
+TABLE_END = "<!-- End of the table. -->"
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]_*.ipynb")))
 DATA_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package.
 CELL_TIMEOUT_S = 2 * 3600  # A cell that trains a model for its default epochs on a small CPU.
@@ -51,9 +68,68 @@ def code_digest(nb: nbformat.NotebookNode) -> str:
     return hashlib.sha256(json.dumps(sources).encode()).hexdigest()[:16]
 
 
+def _python(source: str) -> str:
+    """A code cell as Python: IPython's magics and shell escapes (`%`, `!`) left out."""
+    return "\n".join(line for line in source.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+
+
+def _module_file(module: str, root: str) -> str | None:
+    """The file of `module` (a dotted name under the package) in `root`, if it is a module."""
+    path = os.path.join(root, *module.split("."))
+    for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _imported(tree: ast.AST, root: str) -> set[str]:
+    """The package's modules `tree` imports, at its top or inside functions, with every
+    package above each (whose `__init__` runs first)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == PACKAGE:
+            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)
+                      if _module_file(".".join(parts[:i]), root)}
+    return found
+
+
+def package_modules(nb: nbformat.NotebookNode, root: str = REPO) -> list[str]:
+    """Every module of the package in `root` that the notebook's code runs: those it imports,
+    and those they import, transitively (found with `ast`, as tests/test_install.py does)."""
+    todo = _imported(ast.parse("\n".join(_python(cell.source) for cell in nb.cells
+                                         if cell.cell_type == "code")), root)
+    found = set()
+    while todo:
+        module = todo.pop()
+        if module not in found:
+            found.add(module)
+            with open(_module_file(module, root), encoding="utf-8") as f:
+                todo |= _imported(ast.parse(f.read()), root)
+    return sorted(found)
+
+
+def package_digest(nb: nbformat.NotebookNode, root: str = REPO) -> str:
+    """A digest of the source of every package module the notebook runs."""
+    digest = hashlib.sha256()
+    for module in package_modules(nb, root):
+        with open(_module_file(module, root), "rb") as f:
+            digest.update(module.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def digest_line(nb: nbformat.NotebookNode) -> str:
     """The first line of the notebook's rendering."""
-    return f"<!-- Rendered by notebooks/render.py from code digest {code_digest(nb)}; do not edit. -->"
+    return (f"<!-- Rendered by notebooks/render.py from code digest {code_digest(nb)} and "
+            f"package digest {package_digest(nb)}; do not edit. -->")
 
 
 def rendering_path(notebook: str) -> str:
@@ -128,33 +204,160 @@ def accuracy_lines(nb: nbformat.NotebookNode) -> list[str]:
             for line in output.text.splitlines() if ACCURACY.search(line)]
 
 
+def machine() -> dict:
+    """This machine, as results.json records where a time was measured."""
+    processor = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        processor = names[0].strip() if names else processor
+    return {"cpu_cores": os.cpu_count(), "processor": processor}
+
+
+def read_results() -> dict:
+    with open(RESULTS) as f:
+        return json.load(f)
+
+
+def record_time(name: str, mode: str, seconds: float) -> None:
+    """Records a notebook's wall time in `mode` ("quick" or "full") in docs/results.json."""
+    results = read_results()
+    results["notebooks"][name][mode] = {
+        "seconds": round(seconds), "date": datetime.date.today().isoformat(), **machine()}
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+
+
+def about(seconds: float) -> str:
+    """A rough duration: to 5 s under a minute, else to the minute."""
+    if seconds < 57.5:
+        return f"{max(5, 5 * round(seconds / 5))} s"
+    return f"{int(seconds / 60 + 0.5)} min"
+
+
+def minutes_seconds(seconds: float) -> str:
+    """An exact duration, as the renderings' headers and docs/accuracy.md write it."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def measured(name: str, mode: str, results: dict) -> dict:
+    """The notebook's recorded time in `mode`, or a LookupError that says how to measure it."""
+    entry = results["notebooks"].get(name, {})
+    if mode not in entry:
+        flag = " --quick" if mode == "quick" else ""
+        raise LookupError(f"docs/results.json has no {mode}-mode time for {name}: run "
+                          f"python notebooks/render.py{flag} {name}.ipynb")
+    return entry[mode]
+
+
+def timing_sentence(name: str, results: dict | None = None) -> str:
+    """What a notebook's introduction says of its run times, from docs/results.json."""
+    results = results or read_results()
+    quick, full = measured(name, "quick", results), measured(name, "full", results)
+    source = "([docs/results.json](../docs/results.json))"
+    if quick["cpu_cores"] == full["cpu_cores"]:
+        return (f"**Run time.** On {full['cpu_cores']} CPU cores this notebook takes about "
+                f"{about(quick['seconds'])} in quick mode and about {about(full['seconds'])} in "
+                f"full mode {source}.")
+    return (f"**Run time.** This notebook takes about {about(quick['seconds'])} in quick mode on "
+            f"{quick['cpu_cores']} CPU cores and about {about(full['seconds'])} in full mode on "
+            f"{full['cpu_cores']} CPU cores {source}.")
+
+
+def results_table(results: dict | None = None) -> str:
+    """notebooks/README.md's table of run times and accuracies, from docs/results.json."""
+    results = results or read_results()
+    rows = ["| notebook | quick mode | full mode | rendered on | test accuracy of the models "
+            "it trains as the command line does |", "|---|---|---|---|---|"]
+    for name, entry in results["notebooks"].items():
+        times = [f"about {about(entry[mode]['seconds'])}, {entry[mode]['cpu_cores']} cores"
+                 if mode in entry else "not measured" for mode in ("quick", "full")]
+        accuracies = ", ".join(f"{model} {results['models'][model]['test_accuracy']:.2%}"
+                               for model in entry["command_line_models"])
+        rows.append(f"| [{int(name[:2])}]({name}.ipynb) | {times[0]} | {times[1]} | "
+                    f"{entry.get('full', {}).get('date', 'never')} | {accuracies or 'none'} |")
+    return "\n".join(rows)
+
+
+def write_run_times(notebook: str) -> None:
+    """Rewrites the `**Run time.**` line of the notebook's introduction from results.json."""
+    nb = nbformat.read(notebook, as_version=4)
+    intro = nb.cells[0]
+    try:
+        sentence = timing_sentence(notebook_name(notebook))
+    except LookupError as e:
+        print(f"    {e}")
+        return
+    if not RUN_TIME.search(intro.source):
+        print(f"    {os.path.basename(notebook)} has no **Run time.** line in its introduction")
+    elif RUN_TIME.sub(sentence, intro.source) != intro.source:
+        intro.source = RUN_TIME.sub(sentence, intro.source)
+        nbformat.write(nb, notebook)
+        print(f"    wrote its run times into {os.path.relpath(notebook)}")
+
+
+def write_results_table() -> None:
+    """Rewrites notebooks/README.md's table from results.json."""
+    with open(README) as f:
+        text = f.read()
+    before, rest = text.split(TABLE_START, 1)
+    after = rest.split(TABLE_END, 1)[1]
+    with open(README, "w") as f:
+        f.write(f"{before}{TABLE_START}\n{results_table()}\n{TABLE_END}{after}")
+
+
+def notebook_name(notebook: str) -> str:
+    return os.path.basename(notebook).removesuffix(".ipynb")
+
+
+def run(notebook: str, mode: str) -> None:
+    """Runs the notebook in `mode`, records its time, renders it in full mode, and prints
+    every line it printed about accuracy."""
+    name = os.path.basename(notebook)
+    print(f"{name}: running in {mode} mode", flush=True)
+    started = time.perf_counter()
+    nb = execute(notebook)
+    seconds = time.perf_counter() - started
+    record_time(notebook_name(notebook), mode, seconds)
+    print(f"{name}: {minutes_seconds(seconds)}, recorded in {os.path.relpath(RESULTS)}")
+    if mode == "full":
+        header = (f"*[`notebooks/{name}`](../../notebooks/{name}), run in full mode on "
+                  f"Fashion-MNIST by `python notebooks/render.py` on "
+                  f"{datetime.date.today().isoformat()}, on {os.cpu_count()} CPU cores, in "
+                  f"{minutes_seconds(seconds)}.*")
+        print(f"    wrote {os.path.relpath(render(nb, notebook, header))}")
+    for line in accuracy_lines(nb):
+        print(f"    {line}")
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                         help="file names in notebooks/ (default: all)")
     parser.add_argument("--data_dir", default=DATA_DIR,
                         help="Fashion-MNIST's IDX files (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="run in quick mode and record its time only; render nothing")
+    parser.add_argument("--docs_only", action="store_true",
+                        help="run nothing: rewrite the run times in the notebooks' introductions "
+                             "and notebooks/README.md's table from docs/results.json")
     args = parser.parse_args()
     notebooks = [os.path.join(NOTEBOOK_DIR, name) for name in args.notebooks] or NOTEBOOKS
     os.environ.pop("KERAS_TUTORIAL_QUICK", None)
+    if args.quick:
+        os.environ["KERAS_TUTORIAL_QUICK"] = "1"
     os.environ.pop("MPLBACKEND", None)  # The kernel's inline backend draws the figures.
     os.environ.update(KERAS_TUTORIAL_DATASET="fashion_mnist", KERAS_TUTORIAL_DATA_DIR=args.data_dir)
     os.makedirs(RENDER_DIR, exist_ok=True)
+    mode = "quick" if args.quick else "full"
     for notebook in notebooks:
-        name = os.path.basename(notebook)
-        print(f"{name}: running", flush=True)
-        started = time.perf_counter()
-        nb = execute(notebook)
-        minutes, seconds = divmod(round(time.perf_counter() - started), 60)
-        today = datetime.date.today().isoformat()
-        header = (f"*[`notebooks/{name}`](../../notebooks/{name}), run in full mode on "
-                  f"Fashion-MNIST by `python notebooks/render.py` on {today}, on "
-                  f"{os.cpu_count()} CPU cores, in {minutes} min {seconds} s.*")
-        path = render(nb, notebook, header)
-        print(f"{name}: {minutes} min {seconds} s; wrote {os.path.relpath(path)}")
-        for line in accuracy_lines(nb):
-            print(f"    {line}")
-        sys.stdout.flush()
+        if not args.docs_only:
+            run(notebook, mode)
+        write_run_times(notebook)
+    write_results_table()
 
 
 if __name__ == "__main__":

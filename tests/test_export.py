@@ -125,6 +125,95 @@ def test_serve_images_classifies_png_and_jpeg_bytes_like_their_pixels(loaded, bo
                                _serve(loaded, decoded)["probabilities"], atol=1e-6)
 
 
+RUN_CONFIG = {"optimizer": "sgd", "learning_rate": 0.05, "loss": "cross_entropy"}
+
+
+@pytest.fixture(scope="module")
+def mirror_cnn_version(tmp_path_factory):
+    """Version 1 of a CNN that averages over mirrors (the Fashion-MNIST default), recorded as
+    trained with SGD and cross-entropy."""
+    directory = tmp_path_factory.mktemp("mirror_cnn")
+    model = models.build("cnn", average_mirrors=True)
+    return export.export_model(model, str(directory), metadata={"config": RUN_CONFIG})
+
+
+def _keras_file(version: str) -> str:
+    return os.path.join(version, export.KERAS_FILE)
+
+
+def _info(version: str) -> dict:
+    with open(os.path.join(version, versions.METADATA_FILE)) as f:
+        return json.load(f)
+
+
+def _assert_predicts_as_served(probabilities, version, images):
+    served = _serve(tf.saved_model.load(version), images)
+    np.testing.assert_allclose(probabilities, served["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), served["classes"])
+
+
+def test_model_keras_predicts_what_serving_default_serves(export_dir, mirror_cnn_version,
+                                                          bordered_arrays):
+    images = bordered_arrays.x_test[:40]
+    for version in (os.path.join(export_dir, "1"), mirror_cnn_version):
+        loaded = keras.models.load_model(_keras_file(version))
+        logits = loaded.predict(images, verbose=0)
+        _assert_predicts_as_served(tf.nn.softmax(logits).numpy(), version, images)
+
+
+def test_model_keras_without_a_run_s_settings_is_uncompiled(export_dir):
+    assert _info(os.path.join(export_dir, "1"))["keras_model"] == {
+        "file": export.KERAS_FILE, "compiled": False}
+    assert not keras.models.load_model(_keras_file(os.path.join(export_dir, "1"))).compiled
+
+
+def test_model_keras_of_a_mean_squared_error_run_is_uncompiled(model, tmp_path):
+    version = export.export_model(model, str(tmp_path),
+                                  metadata={"config": {**RUN_CONFIG, "loss": "mean_squared_error"}})
+    assert _info(version)["keras_model"]["compiled"] is False
+    assert not keras.models.load_model(_keras_file(version)).compiled
+
+
+def test_model_keras_is_compiled_as_the_run_trained_and_fits_again(mirror_cnn_version,
+                                                                   bordered_arrays):
+    assert _info(mirror_cnn_version)["keras_model"]["compiled"] is True
+    loaded = keras.models.load_model(_keras_file(mirror_cnn_version))
+    assert isinstance(loaded.get_layer("cnn"), keras.Model)  # The one-image network.
+    assert type(loaded.optimizer) is keras.optimizers.SGD
+    assert loaded.optimizer.momentum == 0.9
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.05)
+    assert isinstance(loaded.loss, keras.losses.SparseCategoricalCrossentropy)
+    before = loaded.get_weights()
+    history = loaded.fit(bordered_arrays.x_train[:64], bordered_arrays.y_train[:64],
+                         batch_size=32, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and 0 <= history["accuracy"][0] <= 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, loaded.get_weights()))
+
+
+_LOAD_WITHOUT_PACKAGE = """
+import json, sys
+sys.modules["keras_tutorial"] = None  # Importing it, or anything of it, raises ImportError.
+import keras, numpy as np
+model = keras.models.load_model(sys.argv[1])
+images = np.load(sys.argv[2])
+print(json.dumps(keras.ops.softmax(model.predict(images, verbose=0)).numpy().tolist()))
+"""
+
+
+@pytest.mark.slow
+def test_model_keras_loads_with_stock_keras_alone(mirror_cnn_version, bordered_arrays,
+                                                  tmp_path):
+    images = bordered_arrays.x_test[:20]
+    np.save(tmp_path / "images.npy", images)
+    loaded = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_PACKAGE, _keras_file(mirror_cnn_version),
+         str(tmp_path / "images.npy")], capture_output=True, text=True, cwd=tmp_path,
+        timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    probabilities = np.array(json.loads(loaded.stdout.splitlines()[-1]), np.float32)
+    _assert_predicts_as_served(probabilities, mirror_cnn_version, images)
+
+
 _EXPORT_FOREVER = """
 import sys
 from keras_tutorial import export, models
@@ -142,6 +231,7 @@ def _complete_versions(export_dir: str, checked: set[int], when: str) -> list[in
     for version in set(found) - checked:
         path = os.path.join(export_dir, str(version))
         assert os.path.isfile(os.path.join(path, versions.METADATA_FILE)), when
+        assert os.path.isfile(os.path.join(path, export.KERAS_FILE)), when
         assert "serve_images" in tf.saved_model.load(path).signatures, when
         checked.add(version)
     return found

@@ -1,0 +1,159 @@
+"""Every accuracy and speed figure shown in more than one place comes from docs/results.json.
+
+The places: README.md's Accuracy table and the console of its quick start, the default models'
+table of docs/accuracy.md,
+notebooks/README.md's table and the `**Run time.**` line of each notebook's introduction (both
+written from the file by notebooks/render.py), and the renderings in docs/notebooks/: their wall
+time, and the test accuracy they print for every model trained as the command line trains it. A
+rendering is compared only while it is current (its digests match the notebook's code and the
+package code it runs); a stale one already fails tests/test_notebooks.py until it is rendered
+again, which also records its time here.
+"""
+
+import importlib.util
+import os
+import re
+
+import nbformat
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
+README_ACCURACY_ROW = re.compile(r"^\| `(\w+)` \| `([^`]+)` \| ([\d.]+) \|$", re.M)
+ACCURACY_MD_ROW = re.compile(r"^\| `(\w+)` \| ([\d.]+) \| ([^|]+?) \|$", re.M)
+RENDERING_TIME = re.compile(r", on (\d+) CPU cores, in (?:(\d+) min )?(\d+) s\.\*$", re.M)
+RENDERING_DATE = re.compile(r"by `python notebooks/render.py` on (\d{4}-\d\d-\d\d)")
+COMMAND_LINE_ACCURACY = re.compile(
+    r"^\s*Test accuracy of (\w+) trained as the command line trains it( \(quick mode\))?: "
+    r"(\d+\.\d+)%\s*$", re.M)
+
+
+def _load_render():
+    spec = importlib.util.spec_from_file_location("render", os.path.join(NOTEBOOK_DIR, "render.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
+RESULTS = render.read_results()
+MODELS = RESULTS["models"]
+
+
+def _read(*path: str) -> str:
+    with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under `heading` up to the next heading of the same level or above."""
+    level = heading.split(" ")[0]
+    start = text.index(f"\n{heading}\n")
+    ends = [match.start() for match in re.finditer(rf"^#{{1,{len(level)}}} ", text[start + 1:],
+                                                   re.M)][1:]
+    return text[start:start + 1 + ends[0]] if ends else text[start:]
+
+
+def test_results_cover_every_model_and_notebook():
+    assert set(MODELS) == {"mlp", "cnn", "lstm"}
+    notebooks = {os.path.basename(path).removesuffix(".ipynb") for path in render.NOTEBOOKS}
+    assert set(RESULTS["notebooks"]) == notebooks
+    for name, entry in RESULTS["notebooks"].items():
+        assert set(entry["command_line_models"]) <= set(MODELS), name
+    for model, run in MODELS.items():
+        assert f"--model={model} " in run["command"] + " " and 0 < run["test_accuracy"] < 1
+
+
+def test_readme_accuracy_table():
+    rows = README_ACCURACY_ROW.findall(_section(_read("README.md"), "## Accuracy"))
+    assert {model for model, _, _ in rows} == set(MODELS), rows
+    for model, command, accuracy in rows:
+        assert command == MODELS[model]["command"], model
+        assert accuracy == f"{MODELS[model]['test_accuracy']:.4f}", model
+
+
+def test_readme_quick_start_console_shows_the_cnn_s_accuracy():
+    console = _section(_read("README.md"), "## Quick start")
+    shown = re.findall(r"Test accuracy ([\d.]+),", console)
+    shown += re.findall(r'"model": "cnn", [^\n]*"test_accuracy": ([\d.]+)', console)
+    assert shown and set(shown) == {f"{MODELS['cnn']['test_accuracy']:.4f}"}, shown
+
+
+def test_accuracy_md_table_of_the_default_models():
+    section = _section(_read("docs", "accuracy.md"), "## The default models on Fashion-MNIST")
+    assert MODELS["mlp"]["command"].replace("--model=mlp", "--model=M") in section
+    rows = ACCURACY_MD_ROW.findall(section)
+    assert {model for model, _, _ in rows} == set(MODELS), rows
+    for model, accuracy, seconds in rows:
+        assert accuracy == f"{MODELS[model]['test_accuracy']:.4f}", model
+        assert seconds == render.minutes_seconds(MODELS[model]["wall_seconds"]), model
+    for run in MODELS.values():
+        assert f"Run on {run['date']}" in section
+        assert f"seed {run['seed']}" in section
+
+
+def test_notebooks_readme_table_is_written_from_the_results():
+    readme = _read("notebooks", "README.md")
+    table = readme.split(render.TABLE_START)[1].split(render.TABLE_END)[0].strip()
+    assert table == render.results_table(RESULTS), (
+        "notebooks/README.md's table differs from docs/results.json: run "
+        "python notebooks/render.py --docs_only")
+
+
+@pytest.mark.parametrize("path", render.NOTEBOOKS, ids=os.path.basename)
+def test_notebook_introduction_gives_its_run_times(path):
+    name = os.path.basename(path).removesuffix(".ipynb")
+    try:
+        sentence = render.timing_sentence(name, RESULTS)
+    except LookupError as e:
+        pytest.fail(str(e))
+    intro = nbformat.read(path, as_version=4).cells[0].source
+    assert sentence in intro.splitlines(), (
+        f"its introduction needs the line {sentence!r}: add a '**Run time.**' line, then run "
+        f"python notebooks/render.py --docs_only {os.path.basename(path)}")
+
+
+def _rendering_numbers(text: str) -> dict:
+    """The run time, cores and date a rendering's header gives, and the accuracy it printed
+    for each model trained as the command line trains it (a rendering is in full mode)."""
+    cores, minutes, seconds = RENDERING_TIME.search(text).groups()
+    return {"seconds": 60 * int(minutes or 0) + int(seconds), "cpu_cores": int(cores),
+            "date": RENDERING_DATE.search(text).group(1),
+            "accuracies": {model: accuracy + "%" + quick for model, quick, accuracy
+                           in COMMAND_LINE_ACCURACY.findall(text)}}
+
+
+def _expected_numbers(name: str) -> dict:
+    """What the rendering of notebook `name` must show, from docs/results.json."""
+    entry = RESULTS["notebooks"][name]
+    full = entry["full"]
+    return {"seconds": full["seconds"], "cpu_cores": full["cpu_cores"], "date": full["date"],
+            "accuracies": {model: f"{MODELS[model]['test_accuracy']:.2%}"
+                           for model in entry["command_line_models"]}}
+
+
+@pytest.mark.parametrize("path", render.NOTEBOOKS, ids=os.path.basename)
+def test_rendering_shows_the_results_numbers(path):
+    with open(render.rendering_path(path), encoding="utf-8") as f:
+        text = f.read()
+    if text.splitlines()[0] != render.digest_line(nbformat.read(path, as_version=4)):
+        pytest.skip("stale: tests/test_notebooks.py fails until it is rendered again")
+    name = os.path.basename(path).removesuffix(".ipynb")
+    assert _rendering_numbers(text) == _expected_numbers(name)
+
+
+def test_a_rendering_that_printed_another_accuracy_disagrees():
+    name = "01_from_tf1_to_keras"
+    full, expected = RESULTS["notebooks"][name]["full"], _expected_numbers(name)
+
+    def rendering(date=full["date"], mode="", accuracy=expected["accuracies"]["mlp"]):
+        return (f"*[`notebooks/{name}.ipynb`](../../notebooks/{name}.ipynb), run in full mode "
+                f"on Fashion-MNIST by `python notebooks/render.py` on {date}, on "
+                f"{full['cpu_cores']} CPU cores, in {render.minutes_seconds(full['seconds'])}.*"
+                f"\n\n    Test accuracy of mlp trained as the command line trains it{mode}: "
+                f"{accuracy}\n")
+
+    assert _rendering_numbers(rendering()) == expected
+    for other in (rendering(accuracy="89.14%"), rendering(mode=" (quick mode)"),
+                  rendering(date="1999-01-01")):
+        assert _rendering_numbers(other) != expected, other
