@@ -58,8 +58,7 @@ def import_tensorflow() -> None:
     """Imports TensorFlow, and with it Keras, without matplotlib; a command calls this before
     anything else imports TensorFlow.
 
-    Keras's import of matplotlib is 0.5-0.7 s of a command's start-up on a 2-core machine
-    (benchmarks/README.md). A command that draws imports matplotlib itself afterwards; with a
+    Keras's import of matplotlib is a large part of a command's start-up (benchmarks/README.md). A command that draws imports matplotlib itself afterwards; with a
     Keras that cannot start without it, TensorFlow is imported as usual.
     """
     if "tensorflow" in sys.modules or _UNUSED_BY_COMMANDS in sys.modules:

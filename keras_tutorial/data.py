@@ -56,8 +56,8 @@ class DataError(UserError):
 def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """`dataset` prefetched, without tf.data's autotuning thread, so its iterators free at once.
 
-    Freeing an iterator waits for that thread: 0.6 s after an MLP epoch, about 10 s after
-    a CNN or LSTM epoch, every second to fourth epoch (benchmarks/README.md). These
+    Freeing an iterator waits for that thread, up to seconds after some epochs
+    (benchmarks/README.md). These
     pipelines have nothing for it to tune; `prefetch(AUTOTUNE)` still sizes its own buffer.
     """
     options = tf.data.Options()

@@ -114,7 +114,7 @@ class Repository:
                     logging.warning("Cannot load version %d of %s: %s", number, self.name, e)
             if loaded.keys() - self.versions.keys():
                 # A loaded version is 100,000s of Python objects that every full collection
-                # would scan again: batch-32 JSON requests (25,000 lists) ran 10x slower.
+                # would scan again, which slowed large JSON requests (benchmarks/README.md).
                 gc.freeze()
             self.versions, self.failed = loaded, failed
 
