@@ -1,23 +1,23 @@
 """What every runner of the peer comparison shares: its arguments, the data, the epoch
 bookkeeping that decides when to stop, serving latency, and the one JSON line it prints.
 
-Imports NumPy only, so that a peer's start-up carries no TensorFlow. Each runner
+Imports NumPy and absl only, so that a peer's start-up carries no TensorFlow. Each runner
 (`peer_project.py`, `peer_torch.py`, `peer_keras_jax.py`) is started by `peers.py` as
 `python -m benchmarks.peer_X ARGS` and prints its results as the last line of standard output.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+from absl import flags
 
-MODELS = ("mlp", "cnn", "lstm")
+from keras_tutorial import cli, config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,28 +43,41 @@ class RunArgs:
 
 
 def parse_args(argv: list[str], variants: tuple[str, ...] = ("default",)) -> RunArgs:
-    """Reads a runner's command line; `started_at` defaults to now."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODELS, required=True)
-    parser.add_argument("--data", default="")
-    parser.add_argument("--validation_size", type=int, default=5000)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--schedule_epochs", type=int, default=20)
-    parser.add_argument("--flip", action="store_true")
-    parser.add_argument("--target", type=float)
-    parser.add_argument("--min_epochs", type=int, default=2)
-    parser.add_argument("--deadline_s", type=float)
-    parser.add_argument("--started_at", type=float, default=time.time())
-    parser.add_argument("--latency_calls", type=int, default=100)
-    parser.add_argument("--latency_repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=variants, default=variants[0])
-    parser.add_argument("--params_only", action="store_true")
-    args = parser.parse_args(argv)
-    if not args.params_only and not args.data:
-        parser.error("--data is required unless --params_only")
-    return RunArgs(**vars(args))
+    """Reads a runner's flags (`argv` without the program's name); `started_at` defaults to
+    now. A bad flag is one line and exit status 2."""
+    values = flags.FlagValues()  # The runner's own: a test may parse several.
+    flags.DEFINE_enum("model", None, config.MODELS, "Model to train.", required=True,
+                      flag_values=values)
+    flags.DEFINE_string("data", "", "The arrays, as the parent saved them (.npz).",
+                        flag_values=values)
+    flags.DEFINE_integer("validation_size", 5000, "First training examples held out.",
+                         flag_values=values)
+    flags.DEFINE_integer("batch_size", 128, "Examples per step.", flag_values=values)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial rate.", flag_values=values)
+    flags.DEFINE_integer("schedule_epochs", 20, "Epochs of the cosine decay.",
+                         flag_values=values)
+    flags.DEFINE_bool("flip", False, "Random mirroring; predictions averaged with mirrors.",
+                      flag_values=values)
+    flags.DEFINE_float("target", None, "Test accuracy to reach.", flag_values=values)
+    flags.DEFINE_integer("min_epochs", 2, "Epochs trained at least.", flag_values=values)
+    flags.DEFINE_float("deadline_s", None, "No epoch starts after this.", flag_values=values)
+    flags.DEFINE_float("started_at", time.time(), "When the parent started this process.",
+                       flag_values=values)
+    flags.DEFINE_integer("latency_calls", 100, "Batch-1 calls per repeat.", flag_values=values)
+    flags.DEFINE_integer("latency_repeats", 3, "Repeats of the latency.", flag_values=values)
+    flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.", flag_values=values)
+    flags.DEFINE_enum("variant", variants[0], variants, "The runner's own choice.",
+                      flag_values=values)
+    flags.DEFINE_bool("params_only", False, "Only print the parameter counts.",
+                      flag_values=values)
+    try:
+        values([sys.argv[0], *argv])
+    except flags.Error as e:
+        cli.fail(str(e))
+    if not (values.params_only or values.data):
+        cli.fail("--data is required unless --params_only")
+    return RunArgs(**{field.name: values[field.name].value
+                      for field in dataclasses.fields(RunArgs)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +162,16 @@ def latency_ms(args: RunArgs, predict: Callable[[np.ndarray], np.ndarray],
             predict(image)
         results.append(1000 * (time.perf_counter() - started) / args.latency_calls)
     return results
+
+
+def keras_param_counts(model) -> dict[str, int]:
+    """Trainable weights and the others (batch norm's moving statistics) of a Keras model, of
+    any backend."""
+    def count(weights: list) -> int:
+        return sum(int(np.prod(w.shape)) for w in weights)
+
+    return {"trainable": count(model.trainable_weights),
+            "non_trainable": count(model.non_trainable_weights)}
 
 
 def emit(framework: str, args: RunArgs, params: dict[str, int], **fields) -> None:

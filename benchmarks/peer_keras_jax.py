@@ -74,11 +74,6 @@ def seed_without_tensorflow(seed: int) -> None:
         del sys.modules["tensorflow"]
 
 
-def param_counts(model: keras.Model) -> dict[str, int]:
-    return {"trainable": sum(math.prod(w.shape) for w in model.trainable_weights),
-            "non_trainable": sum(math.prod(w.shape) for w in model.non_trainable_weights)}
-
-
 class EpochClock(keras.callbacks.Callback):
     """Times each epoch of `fit` and stops it when `Progress` says so."""
 
@@ -99,7 +94,7 @@ def main(argv: list[str]) -> None:
     args = peer_common.parse_args(argv)
     seed_without_tensorflow(args.seed)
     model = build(args.model, args.flip, args.seed)
-    params = param_counts(model)
+    params = peer_common.keras_param_counts(model)
     if args.params_only:
         peer_common.emit("keras_jax", args, params)
         return

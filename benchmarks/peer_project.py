@@ -46,11 +46,6 @@ def config_for(args: peer_common.RunArgs) -> TrainConfig:
         validation_size=args.validation_size, verbose=False).resolved()
 
 
-def param_counts(model: keras.Model) -> dict[str, int]:
-    return {"trainable": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
-            "non_trainable": sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)}
-
-
 def serving_latency(args: peer_common.RunArgs, model: keras.Model, image: np.ndarray,
                     ) -> list[float]:
     """Milliseconds per batch-1 call of the model exported as `experiment.run` exports it."""
@@ -67,7 +62,7 @@ def main(argv: list[str]) -> None:
     runtime = experiment.set_up_runtime(config, distribute.Cluster())
     if args.params_only:
         model = experiment.build_model(config, runtime.choices)
-        peer_common.emit("project", args, param_counts(model))
+        peer_common.emit("project", args, peer_common.keras_param_counts(model))
         return
     arrays = data.load_npz(args.data)
     pipelines = dataclasses.replace(
@@ -90,8 +85,8 @@ def main(argv: list[str]) -> None:
     latency = serving_latency(args, trainer.model, arrays.x_test[:1])
     assert "jax" not in sys.modules, "the project should not start JAX"
     assert "matplotlib" not in sys.modules, "the project's commands start without matplotlib"
-    peer_common.emit("project", args, param_counts(trainer.model), **progress.result(),
-                     latency_ms=latency,
+    peer_common.emit("project", args, peer_common.keras_param_counts(trainer.model),
+                     **progress.result(), latency_ms=latency,
                      version=f"tensorflow {tf.__version__}, keras {keras.__version__}",
                      threads=runtime.intra_op_threads)
 

@@ -96,6 +96,7 @@ def param_counts(net: nn.Module) -> dict[str, int]:
 
 
 def mirrored(images: torch.Tensor) -> torch.Tensor:
+    """Each image mirrored left-right (NCHW)."""
     return images.flip(3)
 
 
@@ -115,6 +116,7 @@ def predict_logits(net: nn.Module, images: torch.Tensor, flip: bool) -> torch.Te
 
 
 def test_accuracy(net: nn.Module, split: peer_common.Split, flip: bool) -> float:
+    """Accuracy on the test split, in ten batches, in inference mode."""
     net.eval()
     with torch.inference_mode():
         correct = sum(int((predict_logits(net, torch.from_numpy(x), flip).argmax(1)

@@ -121,6 +121,7 @@ def interleaved_table(results: dict) -> list[str]:
 
 
 def targets_table(results: dict) -> list[str]:
+    """The speed targets (`goals.SPEED_TARGETS`), each measured, met or not."""
     return _table(["target", "measured", "goal", "met"], "lrrl", [
         [row["target"], f"{row['value']:.2f}", f"{row['comparison']} {row['threshold']:g}",
          "met" if row["met"] else "**not met**"] for row in results["targets"]])
@@ -163,6 +164,7 @@ def variants_table(results: dict) -> list[str]:
 
 
 def pipeline_table(results: dict) -> list[str]:
+    """The loop's pipeline alone and the alternatives: first and steady passes."""
     pipeline = results["pipeline"]
     rows = {"Pipelines.epoch (what the training loop reads)": {
                 "first_pass": pipeline["first_pass"], "steady": pipeline["train"]},

@@ -13,14 +13,14 @@ graph is placeholders x[None,784] and y[None,10], 784 -> 256 ReLU -> 10 with
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
-from keras_tutorial import data
+from keras_tutorial import cli, config, data
 
 v1 = tf.compat.v1
 
@@ -99,22 +99,31 @@ def time_inference(sess: v1.Session, graph: dict, images: np.ndarray, calls: int
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_dir")
-    parser.add_argument("--max_examples", type=int, default=0)
-    parser.add_argument("--validation_size", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--warmup", type=int, required=True)
-    parser.add_argument("--latency_calls", type=int, required=True)
-    parser.add_argument("--throughput_calls", type=int, required=True)
-    parser.add_argument("--throughput_batch", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, required=True)
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_enum("dataset", None, config.DATASETS, "Dataset to train on.", required=True)
+    flags.DEFINE_string("data_dir", None, "IDX files or mnist.npz (see keras_tutorial/data.py).")
+    flags.DEFINE_integer("max_examples", 0, "Training and test examples kept (0: all).",
+                         lower_bound=0)
+    flags.DEFINE_integer("validation_size", 5000, "The first training examples, left out as "
+                         "train.py holds them out.", lower_bound=0)
+    flags.DEFINE_integer("seed", 0, "Seed of the weights and the shuffling.")
+    flags.DEFINE_integer("batch_size", 128, "Examples per training step.", lower_bound=1)
+    flags.DEFINE_integer("steps", None, "Training steps per timed repeat.", lower_bound=1,
+                         required=True)
+    flags.DEFINE_integer("warmup", None, "Untimed training steps first.", lower_bound=0,
+                         required=True)
+    flags.DEFINE_integer("latency_calls", None, "Batch-1 inference calls per timed repeat "
+                         "(0: none).", lower_bound=0, required=True)
+    flags.DEFINE_integer("throughput_calls", None, "Inference calls at --throughput_batch per "
+                         "timed repeat (0: none).", lower_bound=0, required=True)
+    flags.DEFINE_integer("throughput_batch", 1024, "Batch of the throughput calls.",
+                         lower_bound=1)
+    flags.DEFINE_integer("repeats", None, "Timed repeats.", lower_bound=1, required=True)
 
+
+def main(argv: list[str]) -> None:
+    cli.no_arguments(argv)
+    args = flags.FLAGS
     arrays = data.load_arrays(args.dataset, args.data_dir, args.max_examples, args.seed)
     train = InputData(arrays.x_train[args.validation_size:],
                       arrays.y_train[args.validation_size:], args.seed)
@@ -137,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags)

@@ -26,7 +26,7 @@ nothing here lists the project's flags, modules or files; no TensorFlow is impor
    span, or of its line in a code block (a `\\` continues it; a comment, `|`, `&&`, `;`, `>` or
    a bare `--` ends it), are flags it defines: absl's `flags.DEFINE_*` or argparse's
    `add_argument` in the module, or in a function of this repository that it calls
-   (`cli.define_version_flags`, `run.parse_settings`); absl's own (`--helpfull`, `-v`, ...)
+   (`cli.define_version_flags`, `common.define_flags`); absl's own (`--helpfull`, `-v`, ...)
    for an absl command, `--help` for an argparse one; `--noname` and `--[no]name` for an absl
    boolean, `--no-name` for argparse's `BooleanOptionalAction`. A module that defines its
    flags through neither (a `__main__` reading `sys.argv`) has its flags unchecked.
@@ -505,8 +505,8 @@ PLANTED = {
     "bare file name": ("paths", "`fastpath.py`, `gpu_check.sh`, `image.png`", "`fused.py`"),
     "command": ("commands", "`python -m keras_tutorial.train --epochs=1 --noverbose --helpfull`",
                 "`python -m keras_tutorial.fused`"),
-    "flag": ("commands", "```sh\npython -m benchmarks.run --no-peers \\\n  --tiny  # quick\n```",
-             "```sh\npython -m benchmarks.run --no-peers \\\n  --quick\n```"),
+    "flag": ("commands", "```sh\npython -m benchmarks.run --nopeers \\\n  --tiny  # quick\n```",
+             "```sh\npython -m benchmarks.run --nopeers \\\n  --quick\n```"),
     "extra": ("commands", "`pip install -e \".[test,serve]\"`", "`pip install -e '.[tests]'`"),
     "flag in prose": ("flags", "`--[no]batch_norm`, `--augment=flip`, `--grpc_port`",
                       "`--[no]batch_normal`"),

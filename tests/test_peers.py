@@ -14,7 +14,7 @@ from keras_tutorial import data, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # benchmarks/ sits beside the installed package, not inside it.
-from benchmarks import peer_common, peers  # noqa: E402
+from benchmarks import common, peer_common, peers, peers_report  # noqa: E402
 
 FLIPS = {"mlp": False, "cnn": True, "lstm": False}  # As the project trains them on Fashion-MNIST.
 
@@ -31,7 +31,8 @@ def _project_params(name: str) -> dict[str, int]:
 
 def _runner_json(module: str, *flags: str) -> dict:
     result = subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO,
-                            capture_output=True, text=True, timeout=300, env=peers._env())
+                            capture_output=True, text=True, timeout=300,
+                            env=common.subprocess_env(), check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -159,10 +160,11 @@ def test_readme_section_goes_after_the_results_and_is_replaced(tmp_path):
     path = tmp_path / "README.md"
     path.write_text("Prose.\n<!-- results:begin x -->\nold\n<!-- results:end -->\n\nMore.\n")
     for _ in range(2):
-        peers.update_readme(str(path), results)
+        peers_report.update_readme(str(path), results)
     text = path.read_text()
     assert text.startswith("Prose.\n") and text.endswith("\n\nMore.\n")
-    assert text.count(peers.BEGIN) == 1 and text.index("results:end") < text.index(peers.BEGIN)
+    assert text.count(peers_report.BEGIN) == 1
+    assert text.index("results:end") < text.index(peers_report.BEGIN)
     assert "| LSTM training: this project / fastest peer | 0.83 | 0.83 | >= 1.0 | **not met** |" \
         in text
     assert "Skipped: peer b: why." in text
