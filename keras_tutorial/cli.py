@@ -32,14 +32,17 @@ from keras_tutorial.errors import Interrupted, UserError
 # a command's --verbosity=1, brings it back.
 _USER_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Native errors that say only that this machine has no GPU, which a CPU-only user need not read.
-_NO_GPU = re.compile(r"failed call to cuInit")
+# Native errors that say only that this machine has no GPU, which a CPU-only user need not read,
+# or (TensorFlow 2.18, on every machine) that its CUDA libraries' factories registered twice.
+_NO_GPU = re.compile(r"failed call to cuInit|Unable to register cu\w+ factory")
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 # Imported by Keras at start for plotting helpers that no command uses.
 _UNUSED_BY_COMMANDS = "matplotlib"
-# A native log line (absl's format: severity, date, time, thread, file:line]), in the
-# severities TF_CPP_MIN_LOG_LEVEL 0-3 ranks: INFO, WARNING, ERROR, FATAL.
-_NATIVE_LOG_LINE = r"[{severities}]\d{{4}} [\d:.]+ +\d+ [^ ]+:\d+\] "
+# A native log line (absl's format: severity, date, time, thread, file:line]; or, from
+# TensorFlow 2.18, date, time, severity, file:line]), in the severities TF_CPP_MIN_LOG_LEVEL
+# 0-3 ranks: INFO, WARNING, ERROR, FATAL.
+_NATIVE_LOG_LINE = (r"[{severities}]\d{{4}} [\d:.]+ +\d+ [^ ]+:\d+\] "
+                    r"|[\d-]+ [\d:.]+: [{severities}] [^ ]+:\d+\] ")
 _SEVERITIES = "IWEF"
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
 # A line that starts a record of its own: any native log line, or a Python warning.

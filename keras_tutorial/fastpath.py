@@ -10,7 +10,7 @@ in this module.
   a machine without a GPU, the graph a GPU would run.
 
 All give the same results as stock Keras up to float rounding. They use private attributes
-(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`, `renorm`) and a raw
+(`_get_variable_index`, `_momentums`, `inner_loop`, `.value.handle`) and a raw
 TensorFlow op (`LSTMBlockCellGrad`), so `usable` checks each fast path a run takes once, beside
 stock Keras; one that a release breaks is turned off by itself, with one logged line, and the
 run trains with stock Keras there instead of failing. `distribute.choose` decides where they
@@ -74,8 +74,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     fused kernel, and the moving statistics follow the same (biased) batch variance."""
 
     def call(self, inputs, training=None, mask=None):
-        if (not (training and self.trainable) or mask is not None or self.renorm
-                or self.synchronized or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
+        # Keras has `renorm` from 3.14; setup.cfg allows releases before it.
+        if (not (training and self.trainable) or mask is not None
+                or getattr(self, "renorm", False) or self.synchronized
+                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, "float32")
         channels = x.shape[-1]

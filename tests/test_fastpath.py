@@ -152,6 +152,7 @@ def _lines_about(caplog, fast_path):
 
 
 def test_every_fast_path_works_with_this_keras_and_tensorflow(fresh_checks):
+    """CI runs it with the newest and the lowest versions that setup.cfg allows (.ci/run)."""
     assert fastpath.usable(EVERY_FAST_PATH) == EVERY_FAST_PATH
 
 
@@ -239,23 +240,6 @@ def test_a_fast_path_that_computes_otherwise_than_keras_is_turned_off(
     assert choices.fast_paths == ("step_slices",)
     assert "FusedSGD's update differs from stock Keras's" in _lines_about(
         caplog, "fused_optimizer")[0]
-
-
-def test_a_keras_without_batch_norm_renorm_keeps_the_fused_adam(monkeypatch, fresh_checks,
-                                                                  caplog):
-    """Keras releases before 3.14, which setup.cfg allows, have no `renorm`, which the fused
-    batch norm reads: that fast path goes off alone."""
-    init = keras.layers.BatchNormalization.__init__
-
-    def init_as_before_keras_3_14(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        del self.renorm
-
-    monkeypatch.setattr(keras.layers.BatchNormalization, "__init__", init_as_before_keras_3_14)
-    choices = fastpath.usable(distribute.choose(CPU, "cnn"))
-    assert (choices.fused_optimizer, choices.fused_batch_norm) == (True, False)
-    assert "renorm" in _lines_about(caplog, "fused_batch_norm")[0]
-    assert not _lines_about(caplog, "fused_optimizer")
 
 
 def test_a_tensorflow_without_the_lstm_block_kernel_keeps_the_lstm_s_slices(
