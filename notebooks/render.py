@@ -1,14 +1,21 @@
 """Runs every notebook in full mode on Fashion-MNIST and renders it to Markdown in docs/notebooks/.
 
     pip install -e ".[docs]"
-    python notebooks/render.py                                  # all five, one after another
+    python notebooks/render.py                                  # all ten, one after another
     python notebooks/render.py 03_convolutional_networks.ipynb  # only those named
+    python notebooks/render.py --edition=zh-CN                  # only the Chinese editions
     python notebooks/render.py --quick 03_convolutional_networks.ipynb  # time quick mode only
     python notebooks/render.py --docs_only                      # run nothing: rewrite the times
 
+Each notebook comes in two editions, derived from its file name: `03_convolutional_networks.ipynb`
+in English and `03_convolutional_networks.zh-CN.ipynb` in Simplified Chinese, with the same code
+(tests/test_editions.py). Each edition is run, timed and rendered on its own, and what this
+command writes into it (the run times, the rendering's header) is in its language.
+
 Each notebook runs top to bottom with nbclient, in a kernel of this Python, without
 `KERAS_TUTORIAL_QUICK` and with `KERAS_TUTORIAL_DATASET=fashion_mnist`; nbconvert then writes
-`docs/notebooks/<name>.md` with its figures as PNG files in `docs/notebooks/<name>_files/`.
+`docs/notebooks/<name>.md` with its figures as PNG files in `docs/notebooks/<name>_files/`
+(`<name>` is the file name without `.ipynb`, `.zh-CN` included).
 The first line of a rendering records two digests: of its notebook's code cells, and of the
 source of every module of keras_tutorial that the code imports, directly or through other
 modules. `tests/test_notebooks.py` compares them with the current ones, so a notebook fails the
@@ -16,10 +23,11 @@ tests until it is rendered again when its code or the package code it runs chang
 
 Each run's wall time goes into docs/results.json, the one source of the times and accuracies
 the docs show (`--quick` runs in quick mode, renders nothing and records only its time). From
-it the command then rewrites the `**Run time.**` line of each notebook's introduction (the only
-change it makes to a stored notebook, which keeps no outputs) and the table of
-notebooks/README.md; `tests/test_numbers.py` checks every place that shows a number of it. The
-command also prints every line a notebook printed about accuracy.
+it the command then rewrites the `**Run time.**` line of each notebook's introduction
+(`**运行时间。**` in a Chinese edition, which may start with a copy of the English line: the
+only change it makes to a stored notebook, which keeps no outputs) and the two tables of
+notebooks/README.md, one per edition; `tests/test_numbers.py` checks every place that shows a
+number of it. The command also prints every line a notebook printed about accuracy.
 """
 
 from __future__ import annotations
@@ -37,10 +45,10 @@ import shutil
 import sys
 import time
 
+import nbformat
 from ipykernel.kernelspec import write_kernel_spec
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
-import nbformat
 from nbclient import NotebookClient
 
 NOTEBOOK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -49,13 +57,20 @@ RENDER_DIR = os.path.join(REPO, "docs", "notebooks")
 RESULTS = os.path.join(REPO, "docs", "results.json")
 README = os.path.join(NOTEBOOK_DIR, "README.md")
 PACKAGE = "keras_tutorial"
-RUN_TIME = re.compile(r"^\*\*Run time\.\*\*.*$", re.M)  # The introduction's line of run times.
-TABLE_START = "<!-- notebooks/render.py writes this table from docs/results.json. -->"
+ENGLISH, CHINESE = "en", "zh-CN"  # The editions; a Chinese one's file name ends .zh-CN.ipynb.
+# How the introduction's line of run times starts in each edition, and that line.
+RUN_TIME_LABELS = {ENGLISH: "**Run time.**", CHINESE: "**运行时间。**"}
+RUN_TIME = re.compile(f"^(?:{'|'.join(map(re.escape, RUN_TIME_LABELS.values()))}).*$",
+                      re.MULTILINE)
+TABLE_START = {  # Where notebooks/README.md's table of each edition starts.
+    ENGLISH: "<!-- notebooks/render.py writes this table from docs/results.json. -->",
+    CHINESE: "<!-- notebooks/render.py writes this table of the Chinese editions from "
+             "docs/results.json. -->"}
 TABLE_END = "<!-- End of the table. -->"
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]_*.ipynb")))
 DATA_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package.
 CELL_TIMEOUT_S = 2 * 3600  # A cell that trains a model for its default epochs on a small CPU.
-ACCURACY = re.compile(r"accuracy(?!:)", re.I)  # Not the progress bars' "accuracy: 0.91".
+ACCURACY = re.compile(r"accuracy(?!:)", re.IGNORECASE)  # Not the progress bars' "accuracy: 0.91".
 LINK = re.compile(r"\]\((?![a-z]+:|#)([^)#\s]+)")  # A relative link's target, before any #.
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # The colours of Keras's progress bars.
 # Figures, Markdown and plain text: Keras's model summaries come as HTML with a plain twin.
@@ -68,10 +83,10 @@ def code_digest(nb: nbformat.NotebookNode) -> str:
     return hashlib.sha256(json.dumps(sources).encode()).hexdigest()[:16]
 
 
-def _python(source: str) -> str:
-    """A code cell as Python: IPython's magics and shell escapes (`%`, `!`) left out."""
-    return "\n".join(line for line in source.splitlines()
-                     if not line.lstrip().startswith(("%", "!")))
+def python(source: str) -> str:
+    """A code cell as Python, line for line: each of IPython's magics and shell escapes (`%`,
+    `!`) becomes `pass`, at its indentation."""
+    return "\n".join(re.sub(r"^(\s*)[%!].*$", r"\1pass", line) for line in source.splitlines())
 
 
 def _module_file(module: str, root: str) -> str | None:
@@ -105,7 +120,7 @@ def _imported(tree: ast.AST, root: str) -> set[str]:
 def package_modules(nb: nbformat.NotebookNode, root: str = REPO) -> list[str]:
     """Every module of the package in `root` that the notebook's code runs: those it imports,
     and those they import, transitively (found with `ast`, as tests/test_install.py does)."""
-    todo = _imported(ast.parse("\n".join(_python(cell.source) for cell in nb.cells
+    todo = _imported(ast.parse("\n".join(python(cell.source) for cell in nb.cells
                                          if cell.cell_type == "code")), root)
     found = set()
     while todo:
@@ -192,7 +207,7 @@ def render(nb: nbformat.NotebookNode, notebook: str, header: str) -> str:
         with open(os.path.join(RENDER_DIR, name), "wb") as f:
             f.write(content)
     path = rendering_path(notebook)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(f"{digest_line(nb)}\n\n{header}\n\n{body.strip()}\n")
     return path
 
@@ -209,7 +224,7 @@ def machine() -> dict:
     processor = platform.processor() or platform.machine()
     if os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
         processor = names[0].strip() if names else processor
     return {"cpu_cores": os.cpu_count(), "processor": processor}
 
@@ -224,54 +239,95 @@ def record_time(name: str, mode: str, seconds: float) -> None:
     results = read_results()
     results["notebooks"][name][mode] = {
         "seconds": round(seconds), "date": datetime.date.today().isoformat(), **machine()}
-    with open(RESULTS, "w") as f:
-        json.dump(results, f, indent=2)
+    with open(RESULTS, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, ensure_ascii=False)
         f.write("\n")
 
 
-def about(seconds: float) -> str:
+# What this command writes into each edition, in its language.
+UNITS = {ENGLISH: {"s": "s", "min": "min"}, CHINESE: {"s": "秒", "min": "分钟"}}
+SOURCE = "[docs/results.json](../docs/results.json)"
+TIMING_SENTENCES = {  # The same cores in both modes, then different ones.
+    ENGLISH: (("**Run time.** On {cores} CPU cores this notebook takes about {quick} in quick "
+               "mode and about {full} in full mode ({source})."),
+              ("**Run time.** This notebook takes about {quick} in quick mode on {quick_cores} "
+               "CPU cores and about {full} in full mode on {full_cores} CPU cores ({source}).")),
+    CHINESE: (("**运行时间。** 在 {cores} 个 CPU 核上，本笔记本快速模式约需 {quick}，完整模式约需 "
+               "{full}（{source}）。"),
+              ("**运行时间。** 本笔记本快速模式在 {quick_cores} 个 CPU 核上约需 {quick}，完整模式在 "
+               "{full_cores} 个 CPU 核上约需 {full}（{source}）。"))}
+HEADERS = {  # The line under a rendering's digests.
+    ENGLISH: "*[`notebooks/{file}`](../../notebooks/{file}), run in full mode on Fashion-MNIST "
+             "by `python notebooks/render.py` on {date}, on {cores} CPU cores, in {time}.*",
+    CHINESE: "*[`notebooks/{file}`](../../notebooks/{file})：由 `python notebooks/render.py` 于 "
+             "{date} 在 Fashion-MNIST 上以完整模式运行，使用 {cores} 个 CPU 核，用时 {time}。*"}
+
+
+def edition(name: str) -> str:
+    """The edition of a notebook, from its name or path: `01_x.zh-CN.ipynb` is the Chinese
+    edition of the English `01_x.ipynb`."""
+    return CHINESE if notebook_name(name).endswith(f".{CHINESE}") else ENGLISH
+
+
+def about(seconds: float, language: str = ENGLISH) -> str:
     """A rough duration: to 5 s under a minute, else to the minute."""
+    units = UNITS[language]
     if seconds < 57.5:
-        return f"{max(5, 5 * round(seconds / 5))} s"
-    return f"{int(seconds / 60 + 0.5)} min"
+        return f"{max(5, 5 * round(seconds / 5))} {units['s']}"
+    return f"{int(seconds / 60 + 0.5)} {units['min']}"
 
 
-def minutes_seconds(seconds: float) -> str:
+def minutes_seconds(seconds: float, language: str = ENGLISH) -> str:
     """An exact duration, as the renderings' headers and docs/accuracy.md write it."""
+    units = UNITS[language]
     minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    return (f"{minutes} {units['min']} {seconds} {units['s']}" if minutes
+            else f"{seconds} {units['s']}")
 
 
-def measured(name: str, mode: str, results: dict) -> dict:
-    """The notebook's recorded time in `mode`, or a LookupError that says how to measure it."""
+def measured(name: str, results: dict) -> tuple[dict, dict]:
+    """The notebook's recorded times in quick and in full mode, or a LookupError that says how
+    to measure those missing."""
     entry = results["notebooks"].get(name, {})
-    if mode not in entry:
-        flag = " --quick" if mode == "quick" else ""
-        raise LookupError(f"docs/results.json has no {mode}-mode time for {name}: run "
-                          f"python notebooks/render.py{flag} {name}.ipynb")
-    return entry[mode]
+    missing = [mode for mode in ("quick", "full") if mode not in entry]
+    if missing:
+        commands = [f"python notebooks/render.py{' --quick' if mode == 'quick' else ''} "
+                    f"{name}.ipynb" for mode in missing]
+        modes = " or ".join(f"{mode}-mode" for mode in missing)
+        raise LookupError(f"docs/results.json has no {modes} time for {name}: run "
+                          f"{' and '.join(commands)}")
+    return entry["quick"], entry["full"]
 
 
 def timing_sentence(name: str, results: dict | None = None) -> str:
-    """What a notebook's introduction says of its run times, from docs/results.json."""
+    """What a notebook's introduction says of its run times, from docs/results.json, in the
+    notebook's language."""
     results = results or read_results()
-    quick, full = measured(name, "quick", results), measured(name, "full", results)
-    source = "([docs/results.json](../docs/results.json))"
-    if quick["cpu_cores"] == full["cpu_cores"]:
-        return (f"**Run time.** On {full['cpu_cores']} CPU cores this notebook takes about "
-                f"{about(quick['seconds'])} in quick mode and about {about(full['seconds'])} in "
-                f"full mode {source}.")
-    return (f"**Run time.** This notebook takes about {about(quick['seconds'])} in quick mode on "
-            f"{quick['cpu_cores']} CPU cores and about {about(full['seconds'])} in full mode on "
-            f"{full['cpu_cores']} CPU cores {source}.")
+    quick, full = measured(name, results)
+    language = edition(name)
+    same_cores, other_cores = TIMING_SENTENCES[language]
+    return (same_cores if quick["cpu_cores"] == full["cpu_cores"] else other_cores).format(
+        cores=full["cpu_cores"], quick_cores=quick["cpu_cores"], full_cores=full["cpu_cores"],
+        quick=about(quick["seconds"], language), full=about(full["seconds"], language),
+        source=SOURCE)
 
 
-def results_table(results: dict | None = None) -> str:
-    """notebooks/README.md's table of run times and accuracies, from docs/results.json."""
+def rendering_header(notebook: str, date: str, cores: int, seconds: float) -> str:
+    """The line under a rendering's digests: which notebook ran where, when, and how long."""
+    language = edition(notebook)
+    return HEADERS[language].format(file=os.path.basename(notebook), date=date, cores=cores,
+                                    time=minutes_seconds(seconds, language))
+
+
+def results_table(results: dict | None = None, language: str = ENGLISH) -> str:
+    """notebooks/README.md's table of run times and accuracies of the notebooks of one
+    edition, from docs/results.json."""
     results = results or read_results()
-    rows = ["| notebook | quick mode | full mode | rendered on | test accuracy of the models "
-            "it trains as the command line does |", "|---|---|---|---|---|"]
+    rows = [("| notebook | quick mode | full mode | rendered on | test accuracy of the models "
+             "it trains as the command line does |"), "|---|---|---|---|---|"]
     for name, entry in results["notebooks"].items():
+        if edition(name) != language:
+            continue
         times = [f"about {about(entry[mode]['seconds'])}, {entry[mode]['cpu_cores']} cores"
                  if mode in entry else "not measured" for mode in ("quick", "full")]
         accuracies = ", ".join(f"{model} {results['models'][model]['test_accuracy']:.2%}"
@@ -282,7 +338,8 @@ def results_table(results: dict | None = None) -> str:
 
 
 def write_run_times(notebook: str) -> None:
-    """Rewrites the `**Run time.**` line of the notebook's introduction from results.json."""
+    """Rewrites the `**Run time.**` line of the notebook's introduction from results.json, in
+    the notebook's language."""
     nb = nbformat.read(notebook, as_version=4)
     intro = nb.cells[0]
     try:
@@ -292,29 +349,32 @@ def write_run_times(notebook: str) -> None:
         return
     if not RUN_TIME.search(intro.source):
         print(f"    {os.path.basename(notebook)} has no **Run time.** line in its introduction")
-    elif RUN_TIME.sub(sentence, intro.source) != intro.source:
-        intro.source = RUN_TIME.sub(sentence, intro.source)
+    elif RUN_TIME.sub(lambda _: sentence, intro.source) != intro.source:
+        intro.source = RUN_TIME.sub(lambda _: sentence, intro.source)
         nbformat.write(nb, notebook)
         print(f"    wrote its run times into {os.path.relpath(notebook)}")
 
 
 def write_results_table() -> None:
-    """Rewrites notebooks/README.md's table from results.json."""
-    with open(README) as f:
+    """Rewrites notebooks/README.md's tables, one per edition, from results.json."""
+    with open(README, encoding="utf-8") as f:
         text = f.read()
-    before, rest = text.split(TABLE_START, 1)
-    after = rest.split(TABLE_END, 1)[1]
-    with open(README, "w") as f:
-        f.write(f"{before}{TABLE_START}\n{results_table()}\n{TABLE_END}{after}")
+    for language, start in TABLE_START.items():
+        before, rest = text.split(start, 1)
+        after = rest.split(TABLE_END, 1)[1]
+        text = f"{before}{start}\n{results_table(language=language)}\n{TABLE_END}{after}"
+    with open(README, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def notebook_name(notebook: str) -> str:
+    """The notebook's file name without `.ipynb`: its key in results.json."""
     return os.path.basename(notebook).removesuffix(".ipynb")
 
 
 def run(notebook: str, mode: str) -> None:
-    """Runs the notebook in `mode`, records its time, renders it in full mode, and prints
-    every line it printed about accuracy."""
+    """Runs the notebook in `mode`, records its time, rewrites its run times, renders it in
+    full mode (with those run times), and prints every line it printed about accuracy."""
     name = os.path.basename(notebook)
     print(f"{name}: running in {mode} mode", flush=True)
     started = time.perf_counter()
@@ -322,11 +382,11 @@ def run(notebook: str, mode: str) -> None:
     seconds = time.perf_counter() - started
     record_time(notebook_name(notebook), mode, seconds)
     print(f"{name}: {minutes_seconds(seconds)}, recorded in {os.path.relpath(RESULTS)}")
+    write_run_times(notebook)
+    nb.cells[0].source = nbformat.read(notebook, as_version=4).cells[0].source
     if mode == "full":
-        header = (f"*[`notebooks/{name}`](../../notebooks/{name}), run in full mode on "
-                  f"Fashion-MNIST by `python notebooks/render.py` on "
-                  f"{datetime.date.today().isoformat()}, on {os.cpu_count()} CPU cores, in "
-                  f"{minutes_seconds(seconds)}.*")
+        header = rendering_header(notebook, datetime.date.today().isoformat(), os.cpu_count(),
+                                  seconds)
         print(f"    wrote {os.path.relpath(render(nb, notebook, header))}")
     for line in accuracy_lines(nb):
         print(f"    {line}")
@@ -341,11 +401,14 @@ def main() -> None:
                         help="Fashion-MNIST's IDX files (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="run in quick mode and record its time only; render nothing")
+    parser.add_argument("--edition", choices=(ENGLISH, CHINESE),
+                        help="only the notebooks of this edition (default: both)")
     parser.add_argument("--docs_only", action="store_true",
                         help="run nothing: rewrite the run times in the notebooks' introductions "
-                             "and notebooks/README.md's table from docs/results.json")
+                             "and notebooks/README.md's tables from docs/results.json")
     args = parser.parse_args()
     notebooks = [os.path.join(NOTEBOOK_DIR, name) for name in args.notebooks] or NOTEBOOKS
+    notebooks = [path for path in notebooks if args.edition in (None, edition(path))]
     os.environ.pop("KERAS_TUTORIAL_QUICK", None)
     if args.quick:
         os.environ["KERAS_TUTORIAL_QUICK"] = "1"
@@ -354,9 +417,10 @@ def main() -> None:
     os.makedirs(RENDER_DIR, exist_ok=True)
     mode = "quick" if args.quick else "full"
     for notebook in notebooks:
-        if not args.docs_only:
+        if args.docs_only:
+            write_run_times(notebook)
+        else:
             run(notebook, mode)
-        write_run_times(notebook)
     write_results_table()
 
 

@@ -1,10 +1,10 @@
 """Everything the Markdown docs name exists in the code as it is now: a file, heading, command,
 flag or Python name that was renamed or removed fails here until the doc says what is true.
 
-Docs: README.md, docs/*.md, benchmarks/README.md, notebooks/README.md, saved_models/README.md
-and the renderings in docs/notebooks/, which are what a reader opens (notebooks/render.py
-writes them from the notebooks: a stale reference there is fixed in the notebook, then
-rendered again). The rules read the tree and parse its Python with `ast` at run time, so
+Docs: README.md and its Chinese edition README.zh-CN.md, docs/*.md, benchmarks/README.md,
+notebooks/README.md, saved_models/README.md and the renderings in docs/notebooks/, which are
+what a reader opens (notebooks/render.py writes them from the notebooks: a stale reference
+there is fixed in the notebook, then rendered again). The rules read the tree and parse its Python with `ast` at run time, so
 nothing here lists the project's flags, modules or files; no TensorFlow is imported.
 
 1. Links and images `[..](target)`: a relative target exists, relative to the doc; an
@@ -41,6 +41,9 @@ nothing here lists the project's flags, modules or files; no TensorFlow is impor
    top level of such a module, likewise; `keras_tutorial.<name>` names a module.
 6. No "issue N": an issue number is nothing a reader of the repository can open. Say what it
    asked for, or link the section that says it.
+7. A translated doc (README.zh-CN.md) gives only commands that the English docs give: each
+   command of it, to the end of its code span or line (a comment left out), is part of one of
+   theirs, so that the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = sorted(
-    [os.path.join(REPO, name) for name in ("README.md", "benchmarks/README.md",
+    [os.path.join(REPO, name) for name in ("README.md", "README.zh-CN.md", "benchmarks/README.md",
                                            "notebooks/README.md", "saved_models/README.md")]
     + glob.glob(os.path.join(REPO, "docs", "*.md"))
     + glob.glob(os.path.join(REPO, "docs", "notebooks", "*.md")))
@@ -532,3 +535,42 @@ def test_planted_stale_reference_is_caught(tmp_path, kind):
                        in problems(read_doc(str(path))).items() if caught}
     assert found["good"] == {}
     assert list(found["stale"]) == [rule] and len(found["stale"][rule]) == 1, found["stale"]
+
+
+# Rule 7: a translated doc -> the English docs whose commands it copies.
+TRANSLATED_DOCS = {"README.zh-CN.md": ("README.md", "notebooks/README.md", "docs/*.md")}
+
+
+def command_texts(doc: Doc) -> list[str]:
+    """Every command of a doc's code spans and code block lines (rule 3), from its first word to
+    the end of its span or line, a comment left out, its spaces collapsed."""
+    return [" ".join(match.group(0).split(" #")[0].split())
+            for text in code_spans(doc) + block_lines(doc)
+            for match in command_pattern().finditer(text)]
+
+
+def untranslated_commands(translation: Doc, english: list[Doc]) -> list[str]:
+    """The commands of `translation` that are no part of any command of the `english` docs."""
+    theirs = [command for doc in english for command in command_texts(doc)]
+    return [command for command in command_texts(translation)
+            if not any(command in their for their in theirs)]
+
+
+@pytest.mark.parametrize("translation", TRANSLATED_DOCS)
+def test_translated_doc_gives_the_english_docs_commands(translation):
+    english = [read_doc(path) for pattern in TRANSLATED_DOCS[translation]
+               for path in sorted(glob.glob(os.path.join(REPO, pattern)))]
+    assert untranslated_commands(read_doc(os.path.join(REPO, translation)), english) == [], (
+        f"commands of {translation} that neither {' nor '.join(TRANSLATED_DOCS[translation])} "
+        "gives: copy them from there, or change them there first")
+
+
+def test_a_command_the_english_docs_lack_is_caught(tmp_path):
+    english, chinese = tmp_path / "en.md", tmp_path / "zh.md"
+    english.write_text("```sh\npython -m keras_tutorial.train --model=cnn --epochs=2  # two\n```\n")
+    chinese.write_text("先运行 `python -m keras_tutorial.train --model=cnn`：\n\n```sh\n"
+                       "python -m keras_tutorial.train --model=cnn --epochs=2  # 两轮\n"
+                       "python -m keras_tutorial.train --model=cnn --epochs=3\n```\n",
+                       encoding="utf-8")
+    assert untranslated_commands(read_doc(str(chinese)), [read_doc(str(english))]) == [
+        "python -m keras_tutorial.train --model=cnn --epochs=3"]

@@ -1,17 +1,18 @@
 """The notebooks run top to bottom in quick mode, draw their figures, and are stored clean.
 
-Each notebook is executed with nbclient in a kernel of the Python running the tests (a
-kernelspec written to a temporary directory points at `sys.executable`), so it sees the same
-installed package. Two cells are added around the notebook while it runs, never stored: the
-first records every figure the notebook displays and checks that it has a title and labelled
-axes, the last reports what was recorded.
+Both editions of each notebook, English and Chinese (`NN_name.zh-CN.ipynb`), are checked alike;
+that they hold the same code is tests/test_editions.py's. Each notebook is executed with
+nbclient in a kernel of the Python running the tests (a kernelspec written to a temporary
+directory points at `sys.executable`), so it sees the same installed package. Two cells are
+added around the notebook while it runs, never stored: the first records every figure the
+notebook displays and checks that it has a title and labelled axes and that its font has a
+glyph for every character it shows (the Chinese labels need a CJK font: notebooks/matplotlibrc
+picks one, .ci/run installs Debian's fonts-noto-cjk), the last reports what was recorded.
 
 The renderings in docs/notebooks/ (made by notebooks/render.py, in full mode) are checked
 against the notebooks' code, and the package code it runs, without running anything.
 """
 
-import glob
-import importlib.util
 import json
 import os
 import re
@@ -22,30 +23,25 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from notebook_render import render
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "notebooks")
-NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]_*.ipynb")))
+NOTEBOOKS = render.NOTEBOOKS  # Both editions of each.
 KERNEL_NAME = "keras-tutorial-tests"
 CELL_TIMEOUT_S = 600
 REPORT_MARKER = "FIGURE-REPORT:"
-DRAWS = re.compile(r"^(plt\.show\(\)|show_images\()", re.M)  # A top-level call that draws.
-RENDERINGS_MAX_BYTES = 3 * 2**20
+DRAWS = re.compile(r"^(plt\.show\(\)|show_images\()", re.MULTILINE)  # A top-level call that draws.
+RENDERINGS_MAX_BYTES = 3 * 2**20  # Those of one edition.
 FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 
-def _load_render():
-    """notebooks/render.py, which writes the renderings and knows what they record."""
-    spec = importlib.util.spec_from_file_location("render", os.path.join(NOTEBOOK_DIR, "render.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load_render()
+ENGLISH = [path for path in NOTEBOOKS if render.edition(path) == render.ENGLISH]
 
 # Wraps the canvas method that IPython's inline backend calls to render each displayed figure.
 FIGURE_CHECK = '''
+import warnings as _warnings
+
 import matplotlib.backend_bases as _backend_bases
 
 _figure_report = {"figures": 0, "problems": []}
@@ -75,7 +71,14 @@ def _checked_print_figure(self, *args, **kwargs):
     _figure_report["figures"] += 1
     title = self.figure.get_suptitle() or "untitled figure"
     _figure_report["problems"] += [f"{title}: {p}" for p in _figure_problems(self.figure)]
-    return _print_figure(self, *args, **kwargs)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        printed = _print_figure(self, *args, **kwargs)
+    missing = sorted({str(w.message) for w in caught if "missing from font" in str(w.message)})
+    if missing:  # matplotlib draws a box for each: "Glyph 20013 (...) missing from font(s) ..."
+        _figure_report["problems"].append(
+            f"{title}: {len(missing)} characters have no glyph, e.g. {missing[0]}")
+    return printed
 
 
 _backend_bases.FigureCanvasBase.print_figure = _checked_print_figure
@@ -108,8 +111,8 @@ def _text(cell):
 
 
 def test_notebooks_are_numbered_in_reading_order():
-    numbers = [int(os.path.basename(path)[:2]) for path in NOTEBOOKS]
-    assert numbers == list(range(1, 6)), [os.path.basename(path) for path in NOTEBOOKS]
+    numbers = [int(os.path.basename(path)[:2]) for path in ENGLISH]
+    assert numbers == list(range(1, 6)), [os.path.basename(path) for path in ENGLISH]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
@@ -127,10 +130,10 @@ def test_readme_check_list_names_real_sections():
     with open(os.path.join(NOTEBOOK_DIR, "README.md")) as f:
         readme = f.read()
     rows = re.findall(r"^\| *(?!concept|---)[^|]+\| *\[(\d\d)\]\([^)]*\) *\| *([^|]+?) *\|",
-                      readme, re.M)
+                      readme, re.MULTILINE)
     assert len(rows) >= 15, "the check list is missing or has changed format"
     headings = {}
-    for path in NOTEBOOKS:
+    for path in ENGLISH:  # The headings of the English editions.
         nb = nbformat.read(path, as_version=4)
         headings[os.path.basename(path)[:2]] = [
             line.lstrip("#").strip() for cell in nb.cells if cell.cell_type == "markdown"
@@ -211,9 +214,13 @@ def test_a_rendering_is_stale_when_the_package_code_it_ran_changed():
 
 
 def test_renderings_are_small():
-    sizes = [os.path.getsize(os.path.join(directory, name))
-             for directory, _, names in os.walk(render.RENDER_DIR) for name in names]
-    assert sum(sizes) < RENDERINGS_MAX_BYTES, f"{sum(sizes):,} bytes in {render.RENDER_DIR}"
+    sizes = {render.ENGLISH: 0, render.CHINESE: 0}
+    for directory, _, names in os.walk(render.RENDER_DIR):
+        for name in names:  # A rendering or a figure, named after its notebook.
+            edition = render.CHINESE if f".{render.CHINESE}" in name else render.ENGLISH
+            sizes[edition] += os.path.getsize(os.path.join(directory, name))
+    assert all(size < RENDERINGS_MAX_BYTES for size in sizes.values()), (
+        f"bytes in {render.RENDER_DIR}, by edition: {sizes}")
 
 
 @pytest.mark.slow
