@@ -26,12 +26,18 @@ TWO_WORKERS = ["--model=mlp", "--dataset=synthetic", "--max_examples=2600",
 TWO_WORKER_STEPS = loop.steps_per_epoch(2_400, 8, 2)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """A command started in the background, its output (standard error merged in) collected."""
 
     def __init__(self, command: list[str], stdout=subprocess.PIPE):
+        # SIGINT as a terminal gives it: a test run started in the background (`cmd &`) ignores
+        # SIGINT, and a command honours an ignored SIGINT, as under nohup.
         self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT,
-                                        text=True)
+                                        text=True, preexec_fn=_default_sigint)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
