@@ -269,6 +269,11 @@ def edition(name: str) -> str:
     return CHINESE if notebook_name(name).endswith(f".{CHINESE}") else ENGLISH
 
 
+def notebooks_of(language: str) -> list[str]:
+    """The paths of the notebooks of one edition, in reading order."""
+    return [path for path in NOTEBOOKS if edition(path) == language]
+
+
 def about(seconds: float, language: str = ENGLISH) -> str:
     """A rough duration: to 5 s under a minute, else to the minute."""
     units = UNITS[language]

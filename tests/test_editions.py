@@ -46,8 +46,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 
 
-ENGLISH = [path for path in render.NOTEBOOKS if render.edition(path) == render.ENGLISH]
-CHINESE = [path for path in render.NOTEBOOKS if render.edition(path) == render.CHINESE]
+ENGLISH = render.notebooks_of(render.ENGLISH)
+CHINESE = render.notebooks_of(render.CHINESE)
 CJK = re.compile(r"[\u3400-\u9fff]")
 # Calls whose every positional argument is text a figure shows, and those whose arguments after
 # the first are (the tick positions, then their labels).

@@ -36,7 +36,7 @@ RENDERINGS_MAX_BYTES = 3 * 2**20  # Those of one edition.
 FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 
-ENGLISH = [path for path in NOTEBOOKS if render.edition(path) == render.ENGLISH]
+ENGLISH = render.notebooks_of(render.ENGLISH)
 
 # Wraps the canvas method that IPython's inline backend calls to render each displayed figure.
 FIGURE_CHECK = '''

@@ -58,8 +58,7 @@ def test_results_cover_every_model_and_notebook():
     """An entry for every English notebook and for its Chinese edition, which runs the same
     code and so trains the same models."""
     assert set(MODELS) == {"mlp", "cnn", "lstm"}
-    english = {render.notebook_name(path) for path in render.NOTEBOOKS
-               if render.edition(path) == render.ENGLISH}
+    english = {render.notebook_name(path) for path in render.notebooks_of(render.ENGLISH)}
     assert set(RESULTS["notebooks"]) == english | {f"{name}.{render.CHINESE}" for name in english}
     for name, entry in RESULTS["notebooks"].items():
         assert set(entry["command_line_models"]) <= set(MODELS), name
@@ -85,17 +84,23 @@ def test_readme_quick_start_console_shows_the_cnn_s_accuracy():
     assert shown and set(shown) == {f"{MODELS['cnn']['test_accuracy']:.4f}"}, shown
 
 
+def _check_accuracy_table(section: str, runs: dict) -> None:
+    """A table of docs/accuracy.md: a row per model of `runs` with its accuracy and wall time,
+    and the runs' date and seed in the text under it."""
+    rows = ACCURACY_MD_ROW.findall(section)
+    assert {model for model, _, _ in rows} == set(runs), rows
+    for model, accuracy, seconds in rows:
+        assert accuracy == f"{runs[model]['test_accuracy']:.4f}", model
+        assert seconds == render.minutes_seconds(runs[model]["wall_seconds"]), model
+    for run in runs.values():
+        assert f"Run on {run['date']}" in section
+        assert f"seed {run['seed']}" in section
+
+
 def test_accuracy_md_table_of_the_default_models():
     section = _section(_read("docs", "accuracy.md"), "## The default models on Fashion-MNIST")
     assert MODELS["mlp"]["command"].replace("--model=mlp", "--model=M") in section
-    rows = ACCURACY_MD_ROW.findall(section)
-    assert {model for model, _, _ in rows} == set(MODELS), rows
-    for model, accuracy, seconds in rows:
-        assert accuracy == f"{MODELS[model]['test_accuracy']:.4f}", model
-        assert seconds == render.minutes_seconds(MODELS[model]["wall_seconds"]), model
-    for run in MODELS.values():
-        assert f"Run on {run['date']}" in section
-        assert f"seed {run['seed']}" in section
+    _check_accuracy_table(section, MODELS)
 
 
 def test_results_of_the_mnist_subset_are_its_default_runs():
@@ -115,14 +120,7 @@ def test_accuracy_md_table_of_the_mnist_subset():
     runs = SUBSET["models"]
     assert _subset_label() in " ".join(section.split())
     assert runs["mlp"]["command"].replace("mlp", "M") in section
-    rows = ACCURACY_MD_ROW.findall(section)
-    assert {model for model, _, _ in rows} == set(runs), rows
-    for model, accuracy, seconds in rows:
-        assert accuracy == f"{runs[model]['test_accuracy']:.4f}", model
-        assert seconds == render.minutes_seconds(runs[model]["wall_seconds"]), model
-    for run in runs.values():
-        assert f"Run on {run['date']}" in section
-        assert f"seed {run['seed']}" in section
+    _check_accuracy_table(section, runs)
 
 
 def _subset_label() -> str:
